@@ -1,0 +1,428 @@
+"""Every SQL statement and transaction of ClubBot; the only module that opens the database.
+
+One connection per thread. Writes go through `Database.transaction()`: a
+process-wide lock (sqlite's busy handler sleeps instead of waking when the
+lock frees) around `BEGIN IMMEDIATE`; `busy_timeout` covers the other process
+of the split setup. Reads need no lock (WAL).
+"""
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import threading
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from decimal import Decimal
+from enum import Enum
+from pathlib import Path
+from typing import Any, Iterator
+
+from cryptopay import Invoice
+
+SCHEMA_PATH = Path(__file__).with_name("schema.sql")
+BUSY_TIMEOUT_MS = 5000
+
+# Outbox priorities: lower goes first.
+PRIORITY_NOW = 0  # activations, approvals: a member is waiting
+PRIORITY_NORMAL = 5  # alerts, reminders, removals
+PRIORITY_BULK = 9  # broadcasts
+
+
+def load_migrations(text: str) -> list[tuple[int, str]]:
+    """Split schema.sql into (version, sql) sections."""
+    parts = re.split(r"^-- version: (\d+)\s*$", text, flags=re.MULTILINE)
+    migrations = [(int(parts[i]), parts[i + 1]) for i in range(1, len(parts), 2)]
+    versions = [v for v, _ in migrations]
+    if versions != list(range(1, len(versions) + 1)):
+        raise RuntimeError(f"schema.sql versions must be 1, 2, 3...; found {versions}")
+    return migrations
+
+
+class Database:
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self._local = threading.local()
+        self.write_lock = threading.Lock()
+
+    # --- connections and transactions ---
+
+    def connect(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+            conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute("PRAGMA synchronous = FULL")
+            self._local.conn = conn
+        return conn
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        conn = self.connect()
+        with self.write_lock:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            else:
+                conn.execute("COMMIT")
+
+    def migrate(self) -> int:
+        """Create the folder and apply pending migrations; return the schema version."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = self.connect()
+        conn.execute("PRAGMA journal_mode = WAL")
+        for version, sql in load_migrations(SCHEMA_PATH.read_text(encoding="utf-8")):
+            with self.transaction() as tx:
+                current = tx.execute("PRAGMA user_version").fetchone()[0]
+                if current >= version:
+                    continue
+                for statement in _statements(sql):
+                    tx.execute(statement)
+                tx.execute(f"PRAGMA user_version = {version}")
+        return conn.execute("PRAGMA user_version").fetchone()[0]
+
+    def ping(self) -> None:
+        """Raise if the database does not answer."""
+        self.connect().execute("SELECT count(*) FROM sqlite_master").fetchone()
+
+    # --- members ---
+
+    def upsert_member(self, user_id: int, username: str | None, first_name: str | None,
+                      language: str | None, now: int) -> sqlite3.Row:
+        with self.transaction() as tx:
+            tx.execute(
+                """INSERT INTO members (user_id, uuid, username, first_name, language, created_at)
+                   VALUES (?, ?, ?, ?, ?, ?)
+                   ON CONFLICT (user_id) DO UPDATE SET
+                     username = excluded.username,
+                     first_name = excluded.first_name,
+                     language = COALESCE(excluded.language, members.language)""",
+                (user_id, str(uuid.uuid4()), username, first_name, language, now),
+            )
+            return tx.execute("SELECT * FROM members WHERE user_id = ?", (user_id,)).fetchone()
+
+    def member(self, user_id: int) -> sqlite3.Row | None:
+        return self.connect().execute("SELECT * FROM members WHERE user_id = ?", (user_id,)).fetchone()
+
+    def subscription(self, user_id: int) -> sqlite3.Row | None:
+        return self.connect().execute("SELECT * FROM subscriptions WHERE user_id = ?", (user_id,)).fetchone()
+
+    def expires_at(self, user_id: int) -> int | None:
+        row = self.subscription(user_id)
+        return row["expires_at"] if row else None
+
+    # --- invoices ---
+
+    def reusable_invoice(self, user_id: int, plan_id: str, amount: Decimal, currency: str,
+                         valid_after: int) -> sqlite3.Row | None:
+        """A pending invoice of this member for this plan (at today's price) still valid after `valid_after`."""
+        return self.connect().execute(
+            """SELECT * FROM invoices
+               WHERE user_id = ? AND plan_id = ? AND status = 'pending'
+                 AND amount = ? AND currency = ? AND expires_at > ?
+               ORDER BY expires_at DESC LIMIT 1""",
+            (user_id, plan_id, str(amount), currency, valid_after),
+        ).fetchone()
+
+    def start_invoice(self, user_id: int, plan_id: str, duration: int, amount: Decimal,
+                      currency: str, fiat: bool, now: int, ttl: int) -> str:
+        """Record an invoice about to be created at Crypto Pay; return its payment UUID."""
+        payment_uuid = str(uuid.uuid4())
+        with self.transaction() as tx:
+            tx.execute(
+                """INSERT INTO invoices (payment_uuid, user_id, plan_id, duration, amount, currency,
+                                         currency_type, status, created_at, expires_at)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, 'creating', ?, ?)""",
+                (payment_uuid, user_id, plan_id, duration, str(amount), currency,
+                 "fiat" if fiat else "crypto", now, now + ttl),
+            )
+        return payment_uuid
+
+    def invoice_created(self, payment_uuid: str, invoice_id: int, pay_url: str | None) -> None:
+        with self.transaction() as tx:
+            tx.execute(
+                """UPDATE invoices SET invoice_id = ?, pay_url = ?, status = 'pending'
+                   WHERE payment_uuid = ? AND status = 'creating'""",
+                (invoice_id, pay_url, payment_uuid),
+            )
+
+    def invoice_failed(self, payment_uuid: str) -> None:
+        with self.transaction() as tx:
+            tx.execute("UPDATE invoices SET status = 'failed' WHERE payment_uuid = ? AND status = 'creating'",
+                       (payment_uuid,))
+
+    def invoice_by_uuid(self, payment_uuid: str) -> sqlite3.Row | None:
+        return self.connect().execute("SELECT * FROM invoices WHERE payment_uuid = ?", (payment_uuid,)).fetchone()
+
+    def pending_invoice_ids(self) -> list[int]:
+        rows = self.connect().execute(
+            "SELECT invoice_id FROM invoices WHERE status = 'pending' AND invoice_id IS NOT NULL ORDER BY id"
+        ).fetchall()
+        return [row[0] for row in rows]
+
+    def stale_invoice_ids(self, invoice_ids: list[int], expired_before: int) -> list[int]:
+        """Of these pending invoices, those whose own expiry is older than `expired_before`."""
+        stale: list[int] = []
+        for start in range(0, len(invoice_ids), 500):
+            chunk = invoice_ids[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self.connect().execute(
+                f"""SELECT invoice_id FROM invoices
+                    WHERE status = 'pending' AND expires_at < ? AND invoice_id IN ({marks})""",
+                (expired_before, *chunk),
+            ).fetchall()
+            stale.extend(row[0] for row in rows)
+        return stale
+
+    def expire_invoices(self, invoice_ids: list[int], cause: str, now: int) -> int:
+        """Mark pending invoices that Crypto Pay reports expired; return how many changed."""
+        changed = 0
+        with self.transaction() as tx:
+            for invoice_id in invoice_ids:
+                row = tx.execute(
+                    "UPDATE invoices SET status = 'expired' WHERE invoice_id = ? AND status = 'pending' RETURNING user_id",
+                    (invoice_id,),
+                ).fetchone()
+                if row:
+                    changed += 1
+                    _audit(tx, now, row["user_id"], "invoice_expired", cause, invoice_id)
+        return changed
+
+    def apply_invoice(self, paid: Invoice, cause: str, now: int, admin_ids: frozenset[int]) -> "ApplyResult":
+        """Apply a paid invoice exactly once: the step to paid, the member's new expiry,
+        the audit record and the messages to send, in one transaction."""
+        if paid.status != "paid":
+            return ApplyResult(Outcome.NOT_PAID)
+        with self.transaction() as tx:
+            row = tx.execute("SELECT * FROM invoices WHERE invoice_id = ?", (paid.invoice_id,)).fetchone()
+            if row is None and paid.payload:
+                # Created at Crypto Pay, but the process stopped before it saved the id.
+                row = tx.execute("SELECT * FROM invoices WHERE payment_uuid = ? AND invoice_id IS NULL",
+                                 (paid.payload,)).fetchone()
+            if row is None:
+                return ApplyResult(Outcome.NOT_OURS)
+            if row["status"] in ("paid", "mismatch"):
+                return ApplyResult(Outcome.DUPLICATE, user_id=row["user_id"], expires_at=_expiry(tx, row["user_id"]))
+            user_id = row["user_id"]
+            asked = (row["currency_type"], row["currency"], Decimal(row["amount"]))
+            got = (paid.currency_type, paid.currency, paid.amount)
+            payload_ok = paid.payload is None or paid.payload == row["payment_uuid"]
+            detail = {
+                "payment_uuid": row["payment_uuid"], "plan": row["plan_id"],
+                "asked": f"{row['amount']} {row['currency']}",
+                "paid": f"{paid.amount} {paid.currency}",
+                "paid_asset": paid.paid_asset, "paid_amount": paid.paid_amount,
+            }
+            if asked != got or not payload_ok:
+                _set_invoice_outcome(tx, row["id"], "mismatch", paid, now, cause)
+                _audit(tx, now, user_id, "payment_mismatch", cause, paid.invoice_id, detail)
+                for admin_id in sorted(admin_ids):
+                    enqueue(tx, "admin_mismatch", admin_id, {**detail, "user_id": user_id,
+                            "invoice_id": paid.invoice_id}, now, PRIORITY_NORMAL,
+                            dedupe_key=f"mismatch:{row['payment_uuid']}:{admin_id}")
+                enqueue(tx, "payment_mismatch", user_id, detail, now, PRIORITY_NOW,
+                        dedupe_key=f"mismatch:{row['payment_uuid']}")
+                return ApplyResult(Outcome.MISMATCH, user_id=user_id)
+            _set_invoice_outcome(tx, row["id"], "paid", paid, now, cause)
+            new_expiry = extend_subscription(tx, user_id, row["duration"], now)
+            _audit(tx, now, user_id, "payment_applied", cause, paid.invoice_id,
+                   {**detail, "expires_at": new_expiry})
+            enqueue(tx, "activated", user_id,
+                    {"payment_uuid": row["payment_uuid"], "plan": row["plan_id"], "expires_at": new_expiry},
+                    now, PRIORITY_NOW, dedupe_key=f"activated:{row['payment_uuid']}")
+            return ApplyResult(Outcome.APPLIED, user_id=user_id, expires_at=new_expiry)
+
+    def claim_trial(self, user_id: int, plan_id: str, duration: int, now: int) -> int | None:
+        """Start a free plan, once per member ever; the new expiry, or None if already used."""
+        with self.transaction() as tx:
+            cursor = tx.execute(
+                "UPDATE members SET trial_used_at = ? WHERE user_id = ? AND trial_used_at IS NULL",
+                (now, user_id),
+            )
+            if cursor.rowcount != 1:
+                return None
+            new_expiry = extend_subscription(tx, user_id, duration, now)
+            _audit(tx, now, user_id, "trial_started", "bot", None, {"plan": plan_id, "expires_at": new_expiry})
+            enqueue(tx, "activated", user_id, {"plan": plan_id, "expires_at": new_expiry, "trial": True},
+                    now, PRIORITY_NOW, dedupe_key=f"trial:{user_id}")
+            return new_expiry
+
+    # --- join requests and invite links ---
+
+    def record_join_request(self, chat_id: int, user_id: int, user_chat_id: int | None, now: int) -> None:
+        with self.transaction() as tx:
+            tx.execute(
+                """INSERT INTO join_requests (chat_id, user_id, user_chat_id, requested_at, status)
+                   VALUES (?, ?, ?, ?, 'waiting')
+                   ON CONFLICT (chat_id, user_id) DO UPDATE SET
+                     user_chat_id = excluded.user_chat_id, requested_at = excluded.requested_at,
+                     status = 'waiting', decided_at = NULL""",
+                (chat_id, user_id, user_chat_id, now),
+            )
+
+    def waiting_join_chats(self, user_id: int) -> list[int]:
+        rows = self.connect().execute(
+            "SELECT chat_id FROM join_requests WHERE user_id = ? AND status = 'waiting'", (user_id,)
+        ).fetchall()
+        return [row[0] for row in rows]
+
+    def decide_join_request(self, chat_id: int, user_id: int, status: str, now: int) -> None:
+        with self.transaction() as tx:
+            tx.execute(
+                "UPDATE join_requests SET status = ?, decided_at = ? WHERE chat_id = ? AND user_id = ?",
+                (status, now, chat_id, user_id),
+            )
+
+    def invite_link(self, user_id: int, chat_id: int) -> str | None:
+        row = self.connect().execute(
+            "SELECT link FROM invite_links WHERE user_id = ? AND chat_id = ?", (user_id, chat_id)
+        ).fetchone()
+        return row[0] if row else None
+
+    def save_invite_link(self, user_id: int, chat_id: int, link: str, now: int) -> None:
+        with self.transaction() as tx:
+            tx.execute(
+                """INSERT INTO invite_links (user_id, chat_id, link, created_at) VALUES (?, ?, ?, ?)
+                   ON CONFLICT (user_id, chat_id) DO UPDATE SET link = excluded.link, created_at = excluded.created_at""",
+                (user_id, chat_id, link, now),
+            )
+
+    # --- outbox ---
+
+    def enqueue(self, kind: str, chat_id: int, payload: dict, now: int,
+                priority: int = PRIORITY_NORMAL, dedupe_key: str | None = None) -> bool:
+        with self.transaction() as tx:
+            return enqueue(tx, kind, chat_id, payload, now, priority, dedupe_key)
+
+    def due_messages(self, now: int, limit: int = 50) -> list[sqlite3.Row]:
+        return self.connect().execute(
+            """SELECT * FROM outbox WHERE status = 'pending' AND next_attempt_at <= ?
+               ORDER BY priority, next_attempt_at, id LIMIT ?""",
+            (now, limit),
+        ).fetchall()
+
+    def next_message_due(self) -> int | None:
+        row = self.connect().execute(
+            "SELECT min(next_attempt_at) FROM outbox WHERE status = 'pending'"
+        ).fetchone()
+        return row[0]
+
+    def message_done(self, message_id: int, status: str, now: int, error: str | None = None) -> None:
+        with self.transaction() as tx:
+            tx.execute(
+                """UPDATE outbox SET status = ?, done_at = ?, attempts = attempts + 1, last_error = ?
+                   WHERE id = ? AND status = 'pending'""",
+                (status, now, error, message_id),
+            )
+
+    def message_retry(self, message_id: int, next_attempt_at: int, error: str, count_attempt: bool = True) -> None:
+        with self.transaction() as tx:
+            tx.execute(
+                """UPDATE outbox SET next_attempt_at = ?, last_error = ?, attempts = attempts + ?
+                   WHERE id = ? AND status = 'pending'""",
+                (next_attempt_at, error, 1 if count_attempt else 0, message_id),
+            )
+
+    def message(self, message_id: int) -> sqlite3.Row | None:
+        return self.connect().execute("SELECT * FROM outbox WHERE id = ?", (message_id,)).fetchone()
+
+    # --- audit ---
+
+    def audit(self, now: int, user_id: int | None, action: str, cause: str,
+              invoice_id: int | None = None, detail: dict | None = None) -> None:
+        with self.transaction() as tx:
+            _audit(tx, now, user_id, action, cause, invoice_id, detail)
+
+    def audit_rows(self, user_id: int | None = None) -> list[sqlite3.Row]:
+        if user_id is None:
+            return self.connect().execute("SELECT * FROM audit ORDER BY id").fetchall()
+        return self.connect().execute("SELECT * FROM audit WHERE user_id = ? ORDER BY id", (user_id,)).fetchall()
+
+
+class Outcome(Enum):
+    APPLIED = "applied"
+    DUPLICATE = "duplicate"
+    NOT_OURS = "not_ours"
+    MISMATCH = "mismatch"
+    NOT_PAID = "not_paid"
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    outcome: Outcome
+    user_id: int | None = None
+    expires_at: int | None = None
+
+
+# --- helpers that run inside a caller's transaction ---
+
+def enqueue(tx: sqlite3.Connection, kind: str, chat_id: int, payload: dict, now: int,
+            priority: int = PRIORITY_NORMAL, dedupe_key: str | None = None) -> bool:
+    """Queue Telegram work; False if a row with this dedupe_key already exists."""
+    cursor = tx.execute(
+        """INSERT INTO outbox (kind, chat_id, payload, priority, created_at, next_attempt_at, dedupe_key)
+           VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (dedupe_key) DO NOTHING""",
+        (kind, chat_id, json.dumps(payload, sort_keys=True), priority, now, now, dedupe_key),
+    )
+    return cursor.rowcount == 1
+
+
+def extend_subscription(tx: sqlite3.Connection, user_id: int, duration: int, now: int) -> int:
+    """New expiry = max(now, current expiry) + duration: early renewal stacks, late starts now."""
+    row = tx.execute("SELECT expires_at FROM subscriptions WHERE user_id = ?", (user_id,)).fetchone()
+    if row is None:
+        new_expiry = now + duration
+        tx.execute("INSERT INTO subscriptions (user_id, expires_at, period_start, updated_at) VALUES (?, ?, ?, ?)",
+                   (user_id, new_expiry, now, now))
+    elif row["expires_at"] > now:
+        new_expiry = row["expires_at"] + duration
+        tx.execute("UPDATE subscriptions SET expires_at = ?, updated_at = ? WHERE user_id = ?",
+                   (new_expiry, now, user_id))
+    else:
+        new_expiry = now + duration
+        tx.execute("UPDATE subscriptions SET expires_at = ?, period_start = ?, updated_at = ? WHERE user_id = ?",
+                   (new_expiry, now, now, user_id))
+    return new_expiry
+
+
+def _expiry(tx: sqlite3.Connection, user_id: int) -> int | None:
+    row = tx.execute("SELECT expires_at FROM subscriptions WHERE user_id = ?", (user_id,)).fetchone()
+    return row[0] if row else None
+
+
+def _set_invoice_outcome(tx: sqlite3.Connection, row_id: int, status: str, paid: Invoice,
+                         now: int, cause: str) -> None:
+    cursor = tx.execute(
+        """UPDATE invoices SET status = ?, invoice_id = ?, paid_at = ?, paid_asset = ?, paid_amount = ?,
+                               applied_by = ?
+           WHERE id = ? AND status IN ('creating', 'pending', 'expired', 'failed')""",
+        (status, paid.invoice_id, now, paid.paid_asset, paid.paid_amount, cause, row_id),
+    )
+    if cursor.rowcount != 1:  # the SELECT above ran in this same transaction: cannot happen
+        raise RuntimeError(f"invoice row {row_id} changed under a write transaction")
+
+
+def _audit(tx: sqlite3.Connection, now: int, user_id: int | None, action: str, cause: str,
+           invoice_id: int | None = None, detail: dict[str, Any] | None = None) -> None:
+    tx.execute(
+        "INSERT INTO audit (at, user_id, action, cause, invoice_id, detail) VALUES (?, ?, ?, ?, ?, ?)",
+        (now, user_id, action, cause, invoice_id, json.dumps(detail or {}, sort_keys=True, default=str)),
+    )
+
+
+def _statements(sql: str) -> list[str]:
+    """Split a migration into statements (the schema has no ';' inside strings or triggers)."""
+    lines = [line for line in sql.splitlines() if not line.strip().startswith("--")]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]

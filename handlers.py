@@ -1,0 +1,173 @@
+"""The bot's handlers: plain functions, registered in one register_handlers(bot, app)."""
+from __future__ import annotations
+
+import logging
+
+from telebot import TeleBot, types
+
+import texts
+from config import Plan
+from cryptopay import CryptoPayError
+from payments import buy, check, club_name
+from runtime import App
+
+log = logging.getLogger("clubbot.bot")
+
+
+# --- views shared with the sender ---
+
+def member_language(app: App, user_id: int) -> str:
+    row = app.db.member(user_id)
+    return texts.language_for(row["language"] if row else None, app.config.default_language)
+
+
+def plan_title(plan: Plan, lang: str) -> str:
+    return plan.title or texts.duration_text(plan.duration, lang)
+
+
+def plans_keyboard(app: App, lang: str, renew: bool) -> types.InlineKeyboardMarkup:
+    keyboard = types.InlineKeyboardMarkup()
+    for plan in app.config.plans:
+        title = plan_title(plan, lang)
+        if plan.is_trial:
+            if renew:
+                continue
+            label = texts.t(lang, "trial_button", title=title)
+        else:
+            label = texts.t(lang, "renew_button" if renew else "plan_button",
+                            title=title, price=texts.price(plan.amount, plan.currency))
+        keyboard.add(types.InlineKeyboardButton(label, callback_data=f"plan:{plan.id}"))
+    return keyboard
+
+
+# --- handlers ---
+
+def _remember(app: App, user: types.User) -> str:
+    """Record the member as last seen; return their language."""
+    app.db.upsert_member(user.id, user.username, user.first_name, user.language_code, app.now())
+    return texts.language_for(user.language_code, app.config.default_language)
+
+
+def _reply(app: App, chat_id: int, text: str, **kwargs) -> None:
+    app.limiter.acquire(app.stop)
+    app.bot.send_message(chat_id, text, **kwargs)
+
+
+def on_start(app: App, message: types.Message) -> None:
+    lang = _remember(app, message.from_user)
+    now = app.now()
+    expires_at = app.db.expires_at(message.from_user.id)
+    club = club_name(app)
+    if expires_at and expires_at > now:
+        text = texts.t(lang, "greeting_active", club=club, date=texts.format_date(expires_at, lang),
+                       days_left=texts.days_left(expires_at, now, lang))
+        keyboard = plans_keyboard(app, lang, renew=True)
+        _reply(app, message.chat.id, text, reply_markup=keyboard)
+        # The way in, again: the sender approves a waiting request or sends the links.
+        app.db.enqueue("way_in", message.from_user.id, {}, now, priority=0)
+        app.wake_sender()
+        return
+    _reply(app, message.chat.id, texts.t(lang, "greeting", club=club),
+           reply_markup=plans_keyboard(app, lang, renew=False))
+
+
+def on_status(app: App, message: types.Message) -> None:
+    lang = _remember(app, message.from_user)
+    now = app.now()
+    expires_at = app.db.expires_at(message.from_user.id)
+    if expires_at is None:
+        text = texts.t(lang, "status_none")
+    elif expires_at > now:
+        text = texts.t(lang, "status_active", date=texts.format_date(expires_at, lang),
+                       days_left=texts.days_left(expires_at, now, lang))
+    else:
+        text = texts.t(lang, "status_expired", date=texts.format_date(expires_at, lang))
+    _reply(app, message.chat.id, text)
+
+
+def on_help(app: App, message: types.Message) -> None:
+    lang = _remember(app, message.from_user)
+    _reply(app, message.chat.id, texts.t(lang, "help", club=club_name(app)))
+
+
+def on_unknown_command(app: App, message: types.Message) -> None:
+    lang = texts.language_for(message.from_user.language_code, app.config.default_language)
+    _reply(app, message.chat.id, texts.t(lang, "unknown_command"))
+
+
+def on_plan(app: App, call: types.CallbackQuery) -> None:
+    lang = _remember(app, call.from_user)
+    plan = app.config.plan(call.data.partition(":")[2])
+    if plan is None:
+        app.bot.answer_callback_query(call.id, texts.t(lang, "plan_unknown"), show_alert=True)
+        return
+    title = plan_title(plan, lang)
+    try:
+        purchase = buy(app, call.from_user.id, plan, title)
+    except CryptoPayError:
+        app.bot.answer_callback_query(call.id, texts.t(lang, "payments_unavailable"), show_alert=True)
+        return
+    app.bot.answer_callback_query(call.id)
+    if purchase.trial_refused:
+        _reply(app, call.from_user.id, texts.t(lang, "trial_used"))
+        return
+    if purchase.trial_expires_at is not None:
+        return  # the sender brings "active until" and the way in
+    invoice = purchase.invoice
+    price = texts.price(plan.amount, plan.currency)
+    keyboard = types.InlineKeyboardMarkup()
+    if invoice["pay_url"]:
+        keyboard.add(types.InlineKeyboardButton(texts.t(lang, "pay_button", price=price), url=invoice["pay_url"]))
+    keyboard.add(types.InlineKeyboardButton(texts.t(lang, "check_button"),
+                                            callback_data=f"check:{invoice['payment_uuid']}"))
+    _reply(app, call.from_user.id,
+           texts.t(lang, "invoice", title=title, price=price, date=texts.format_date(invoice["expires_at"], lang)),
+           reply_markup=keyboard)
+
+
+def on_check(app: App, call: types.CallbackQuery) -> None:
+    lang = _remember(app, call.from_user)
+    answer = check(app, call.data.partition(":")[2], call.from_user.id)
+    app.bot.answer_callback_query(call.id, texts.t(lang, answer), show_alert=answer != "check_paid")
+
+
+def on_join_request(app: App, request: types.ChatJoinRequest) -> None:
+    if request.chat.id not in app.config.club_chat_ids:
+        return
+    user = request.from_user
+    _remember(app, user)
+    now = app.now()
+    app.db.record_join_request(request.chat.id, user.id, request.user_chat_id, now)
+    expires_at = app.db.expires_at(user.id)
+    if expires_at and expires_at > now:
+        app.db.enqueue("approve", user.id, {"chat_id": request.chat.id}, now, priority=0)
+    elif request.user_chat_id:
+        app.db.enqueue("join_plans", request.user_chat_id,
+                       {"user_id": user.id, "club_chat_id": request.chat.id}, now, priority=0)
+    log.info("join request from member %s to chat %s (%s)", user.id, request.chat.id,
+             "active" if expires_at and expires_at > now else "no time left")
+    app.wake_sender()
+
+
+def _guarded(app: App, handler):
+    """Run a handler; one failing update is logged, not fatal."""
+    def run(update):
+        try:
+            handler(app, update)
+        except Exception:
+            log.exception("%s failed", handler.__name__)
+    run.__name__ = handler.__name__
+    return run
+
+
+def register_handlers(bot: TeleBot, app: App) -> None:
+    private = ["private"]
+    bot.register_message_handler(_guarded(app, on_start), commands=["start"], chat_types=private)
+    bot.register_message_handler(_guarded(app, on_status), commands=["status"], chat_types=private)
+    bot.register_message_handler(_guarded(app, on_help), commands=["help"], chat_types=private)
+    bot.register_message_handler(
+        _guarded(app, on_unknown_command), chat_types=private,
+        func=lambda m: bool(m.text) and m.text.startswith("/"))
+    bot.register_callback_query_handler(_guarded(app, on_plan), func=lambda c: (c.data or "").startswith("plan:"))
+    bot.register_callback_query_handler(_guarded(app, on_check), func=lambda c: (c.data or "").startswith("check:"))
+    bot.register_chat_join_request_handler(_guarded(app, on_join_request), func=lambda r: True)

@@ -1,0 +1,101 @@
+-- ClubBot's schema. Each "-- version: N" section is a migration, applied in
+-- order, once, inside one transaction that also sets PRAGMA user_version = N.
+-- Never edit a released section: add a new one below.
+
+-- version: 1
+
+-- A Telegram user who has talked to the bot (or asked to join a club chat).
+CREATE TABLE members (
+    user_id       INTEGER PRIMARY KEY,           -- Telegram user id
+    uuid          TEXT    NOT NULL UNIQUE,
+    username      TEXT,
+    first_name    TEXT,
+    language      TEXT,                          -- Telegram language_code as last seen
+    created_at    INTEGER NOT NULL,
+    trial_used_at INTEGER                        -- a free plan, once per member ever
+);
+CREATE INDEX members_username ON members(username COLLATE NOCASE);
+
+-- One Crypto Pay invoice: what we asked for and what became of it.
+CREATE TABLE invoices (
+    id            INTEGER PRIMARY KEY,
+    payment_uuid  TEXT    NOT NULL UNIQUE,       -- sent as the invoice's payload
+    invoice_id    INTEGER UNIQUE,                -- Crypto Pay's id; NULL while being created
+    user_id       INTEGER NOT NULL REFERENCES members(user_id),
+    plan_id       TEXT    NOT NULL,
+    duration      INTEGER NOT NULL,              -- seconds of access it buys
+    amount        TEXT    NOT NULL,              -- decimal string, as asked
+    currency      TEXT    NOT NULL,              -- asset (crypto) or fiat code
+    currency_type TEXT    NOT NULL CHECK (currency_type IN ('crypto', 'fiat')),
+    status        TEXT    NOT NULL CHECK (status IN ('creating', 'pending', 'paid', 'expired', 'mismatch', 'failed')),
+    pay_url       TEXT,
+    created_at    INTEGER NOT NULL,
+    expires_at    INTEGER NOT NULL,
+    paid_at       INTEGER,
+    paid_asset    TEXT,
+    paid_amount   TEXT,
+    applied_by    TEXT                           -- webhook, poller, button
+);
+CREATE INDEX invoices_open ON invoices(status) WHERE status IN ('creating', 'pending');
+CREATE INDEX invoices_member ON invoices(user_id, plan_id, status);
+CREATE INDEX invoices_paid_at ON invoices(paid_at) WHERE paid_at IS NOT NULL;
+
+-- The member's paid time; one row a member, for all club chats.
+CREATE TABLE subscriptions (
+    user_id      INTEGER PRIMARY KEY REFERENCES members(user_id),
+    expires_at   INTEGER NOT NULL,
+    period_start INTEGER NOT NULL,               -- start of the current unbroken membership
+    updated_at   INTEGER NOT NULL
+);
+CREATE INDEX subscriptions_expiry ON subscriptions(expires_at);
+
+-- Join requests to club chats, so that a payment can approve a waiting one.
+CREATE TABLE join_requests (
+    chat_id      INTEGER NOT NULL,
+    user_id      INTEGER NOT NULL,
+    user_chat_id INTEGER,
+    requested_at INTEGER NOT NULL,
+    status       TEXT    NOT NULL CHECK (status IN ('waiting', 'approved', 'declined', 'gone')),
+    decided_at   INTEGER,
+    PRIMARY KEY (chat_id, user_id)
+);
+CREATE INDEX join_requests_waiting ON join_requests(requested_at) WHERE status = 'waiting';
+
+-- A member's personal invite link (creates_join_request) per club chat.
+CREATE TABLE invite_links (
+    user_id    INTEGER NOT NULL,
+    chat_id    INTEGER NOT NULL,
+    link       TEXT    NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (user_id, chat_id)
+);
+
+-- Telegram work to do, written in the same transaction as the change it
+-- reports, and done by the sender with retries.
+CREATE TABLE outbox (
+    id              INTEGER PRIMARY KEY,
+    kind            TEXT    NOT NULL,
+    chat_id         INTEGER NOT NULL,            -- the recipient
+    payload         TEXT    NOT NULL DEFAULT '{}',
+    priority        INTEGER NOT NULL DEFAULT 5,  -- lower goes first
+    status          TEXT    NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'sent', 'failed')),
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    created_at      INTEGER NOT NULL,
+    next_attempt_at INTEGER NOT NULL,
+    done_at         INTEGER,
+    last_error      TEXT,
+    dedupe_key      TEXT UNIQUE
+);
+CREATE INDEX outbox_due ON outbox(priority, next_attempt_at) WHERE status = 'pending';
+
+-- Every change of money or access, with its cause.
+CREATE TABLE audit (
+    id         INTEGER PRIMARY KEY,
+    at         INTEGER NOT NULL,
+    user_id    INTEGER,
+    action     TEXT    NOT NULL,
+    cause      TEXT    NOT NULL,                 -- webhook, poller, button, admin, scheduler, bot
+    invoice_id INTEGER,
+    detail     TEXT    NOT NULL DEFAULT '{}'
+);
+CREATE INDEX audit_member ON audit(user_id, at);

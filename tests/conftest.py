@@ -1,0 +1,154 @@
+"""Shared fixtures: a real sqlite file under tmp_path, fake Telegram and Crypto Pay
+servers on 127.0.0.1, an App with a movable clock, and a real waitress server."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import config as config_module  # noqa: E402
+from cryptopay import signature  # noqa: E402
+from fakes import FakeCryptoPay, FakeTelegram  # noqa: E402
+from runtime import build_app  # noqa: E402
+from tg import RateLimiter, make_bot  # noqa: E402
+
+BOT_TOKEN = "123456:TEST-bot-token-SECRET-part"
+PAY_TOKEN = "1234:TESTTOKEN"
+CLUB_CHAT = -1001000000001
+ADMIN = 9000
+START = 1_800_000_000  # the fake clock's first second
+
+
+class FakeClock:
+    def __init__(self, now: int = START):
+        self.value = now
+
+    def now(self) -> int:
+        return self.value
+
+    def advance(self, seconds: int) -> None:
+        self.value += seconds
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def telegram():
+    fake = FakeTelegram(BOT_TOKEN)
+    yield fake
+    fake.close()
+
+
+@pytest.fixture
+def cryptopay():
+    fake = FakeCryptoPay(PAY_TOKEN)
+    yield fake
+    fake.close()
+
+
+@pytest.fixture
+def env(tmp_path, telegram, cryptopay) -> dict[str, str]:
+    """A complete, valid environment pointing at the fakes and at tmp_path."""
+    return {
+        "BOT_TOKEN": BOT_TOKEN,
+        "CRYPTO_PAY_TOKEN": PAY_TOKEN,
+        "CLUB_CHAT_IDS": str(CLUB_CHAT),
+        "PLANS": "month:30d:5:USDT,year:365d:50:USDT,trial:3d:0:USDT",
+        "ADMIN_IDS": str(ADMIN),
+        "CRYPTO_PAY_API_URL": cryptopay.api_url,
+        "TELEGRAM_API_URL": telegram.url,
+        "WEBHOOK_PORT": str(free_port()),
+        "DATABASE_PATH": str(tmp_path / "data" / "clubbot.db"),
+        "LOG_FILE": str(tmp_path / "logs" / "clubbot.log"),
+        "POLL_INTERVAL": "1s",
+        "TELEGRAM_RATE": "1000",
+    }
+
+
+@pytest.fixture
+def make_config(env):
+    def make(**overrides: str) -> config_module.Config:
+        return config_module.load({**env, **overrides}, env_file=None)
+    return make
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def app(make_config, clock):
+    """An App on a real database file, with a bot pointed at the fake Telegram."""
+    cfg = make_config()
+    application = build_app(cfg, clock=clock)
+    application.bot = make_bot(cfg.bot_token, cfg.telegram_api_url)
+    application.limiter = RateLimiter(cfg.telegram_rate)
+    application.bot_username = "club_test_bot"
+    yield application
+    application.stop.set()
+    application.db.close()
+
+
+@pytest.fixture
+def server(app):
+    """The WSGI app behind a real waitress server on 127.0.0.1; yields its base URL."""
+    from webhook_server import ServerThread, create_server
+
+    port = free_port()
+    thread = ServerThread(create_server(app, host="127.0.0.1", port=port)).start()
+    wait_for_port(port)
+    yield f"http://127.0.0.1:{port}"
+    thread.stop(2)
+
+
+def wait_for_port(port: int, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {port}")
+
+
+def wait_for(predicate, timeout: float = 10, step: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError("condition not met in time")
+
+
+def paid_update(invoice: dict, update_id: int = 1) -> bytes:
+    return json.dumps({"update_id": update_id, "update_type": "invoice_paid",
+                       "request_date": "2026-01-01T00:05:00.000Z", "payload": invoice}).encode()
+
+
+def post_signed(url: str, body: bytes, token: str = PAY_TOKEN, **kwargs) -> requests.Response:
+    return requests.post(url, data=body, timeout=10, headers={
+        "Content-Type": "application/json", "crypto-pay-api-signature": signature(token, body)}, **kwargs)
+
+
+def start_process(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen:
+    """Start `python <args>` from the project root with exactly this environment (plus PATH)."""
+    full_env = {"PATH": os.environ.get("PATH", ""), "PYTHONUNBUFFERED": "1", **env}
+    return subprocess.Popen([sys.executable, *args], cwd=cwd, env=full_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -1,0 +1,230 @@
+"""Fake Telegram Bot API and Crypto Pay API: small HTTP servers on 127.0.0.1.
+
+They answer the methods ClubBot uses, record every call, and can be told to
+fail (a status and body, N times) or to hang, per method. Usable from
+in-process tests and from ClubBot subprocesses alike.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+import time
+from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qsl, urlsplit
+
+
+class FakeServer:
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.calls: list[tuple[str, dict]] = []
+        self.failures: dict[str, list[tuple[int, object]]] = {}
+        self.hang: set[str] = set()
+        self.released = threading.Event()
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                self._handle()
+
+            def do_POST(self):
+                self._handle()
+
+            def _handle(self):
+                parts = urlsplit(self.path)
+                params = dict(parse_qsl(parts.query))
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                if raw:
+                    if (self.headers.get("Content-Type") or "").startswith("application/json"):
+                        params.update(json.loads(raw))
+                    else:
+                        params.update(dict(parse_qsl(raw.decode())))
+                status, body = fake.dispatch(parts.path, params, self.headers)
+                data = body if isinstance(body, bytes) else json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json" if not isinstance(body, bytes) else "text/html")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def fail(self, method: str, *answers: tuple[int, object]) -> None:
+        """The next calls of `method` get these (status, body) answers, in order."""
+        with self.lock:
+            self.failures.setdefault(method, []).extend(answers)
+
+    def dispatch(self, path: str, params: dict, headers) -> tuple[int, object]:
+        method = path.rsplit("/", 1)[-1]
+        with self.lock:
+            self.calls.append((method, params))
+            queued = self.failures.get(method)
+            failure = queued.pop(0) if queued else None
+        if method in self.hang:
+            self.released.wait(60)
+        if failure is not None:
+            return failure
+        return self.answer(method, params, headers)
+
+    def answer(self, method: str, params: dict, headers) -> tuple[int, object]:
+        raise NotImplementedError
+
+    def called(self, method: str) -> list[dict]:
+        with self.lock:
+            return [params for name, params in self.calls if name == method]
+
+    def close(self) -> None:
+        self.released.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class FakeTelegram(FakeServer):
+    """The Bot API at {url}/bot{token}/{method}."""
+
+    def __init__(self, token: str):
+        self.token = token
+        self.updates: list[dict] = []
+        self.update_ids = itertools.count(1)
+        self.message_ids = itertools.count(1)
+        self.link_ids = itertools.count(1)
+        self.confirmed = 0
+        self.chat_titles: dict[int, str] = {}
+        super().__init__()
+
+    def push_update(self, update: dict) -> dict:
+        with self.lock:
+            update = {"update_id": next(self.update_ids), **update}
+            self.updates.append(update)
+        return update
+
+    def dispatch(self, path: str, params: dict, headers) -> tuple[int, object]:
+        if not path.startswith(f"/bot{self.token}/"):
+            return 401, {"ok": False, "error_code": 401, "description": "Unauthorized"}
+        return super().dispatch(path, params, headers)
+
+    def answer(self, method: str, params: dict, headers) -> tuple[int, object]:
+        if method == "getUpdates":
+            return 200, {"ok": True, "result": self._get_updates(params)}
+        result: object = True
+        if method == "getMe":
+            result = {"id": 777, "is_bot": True, "first_name": "Club", "username": "club_test_bot"}
+        elif method == "getChat":
+            chat_id = int(params["chat_id"])
+            result = {"id": chat_id, "type": "channel", "title": self.chat_titles.get(chat_id, "Test Club"),
+                      "accent_color_id": 0, "max_reaction_count": 0}
+        elif method == "sendMessage":
+            result = {"message_id": next(self.message_ids), "date": int(time.time()),
+                      "chat": {"id": int(params["chat_id"]), "type": "private"}, "text": params.get("text", "")}
+        elif method == "createChatInviteLink":
+            result = {"invite_link": f"https://t.me/+fake{next(self.link_ids)}",
+                      "creator": {"id": 777, "is_bot": True, "first_name": "Club"},
+                      "creates_join_request": True, "is_primary": False, "is_revoked": False,
+                      "name": params.get("name")}
+        return 200, {"ok": True, "result": result}
+
+    def _get_updates(self, params: dict) -> list[dict]:
+        offset = int(params.get("offset") or 0)
+        wait = min(float(params.get("timeout") or 0), 0.5)
+        deadline = time.monotonic() + wait
+        while True:
+            with self.lock:
+                if offset:
+                    self.confirmed = max(self.confirmed, offset - 1)
+                    self.updates = [u for u in self.updates if u["update_id"] >= offset]
+                ready = list(self.updates)
+            if ready or time.monotonic() >= deadline:
+                return ready[: int(params.get("limit") or 100)]
+            time.sleep(0.02)
+
+    def messages_to(self, chat_id: int) -> list[str]:
+        return [p.get("text", "") for p in self.called("sendMessage") if int(p["chat_id"]) == chat_id]
+
+
+class FakeCryptoPay(FakeServer):
+    """The Crypto Pay API at {url}/api/{method}."""
+
+    def __init__(self, token: str):
+        self.token = token
+        self.invoices: dict[int, dict] = {}
+        self.invoice_ids = itertools.count(1001)
+        super().__init__()
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.url}/api"
+
+    def dispatch(self, path: str, params: dict, headers) -> tuple[int, object]:
+        if headers.get("Crypto-Pay-API-Token") != self.token:
+            return 401, {"ok": False, "error": {"code": 401, "name": "UNAUTHORIZED"}}
+        return super().dispatch(path, params, headers)
+
+    def answer(self, method: str, params: dict, headers) -> tuple[int, object]:
+        if method == "getMe":
+            return 200, {"ok": True, "result": {"app_id": 1, "name": "Club", "payment_processing_bot_username": "CryptoBot"}}
+        if method == "createInvoice":
+            invoice_id = next(self.invoice_ids)
+            currency_type = params.get("currency_type", "crypto")
+            invoice = {
+                "invoice_id": invoice_id, "hash": f"IV{invoice_id}", "currency_type": currency_type,
+                "amount": params["amount"], "status": "active", "payload": params.get("payload"),
+                "description": params.get("description"), "expires_in": params.get("expires_in"),
+                "paid_btn_name": params.get("paid_btn_name"), "paid_btn_url": params.get("paid_btn_url"),
+                "bot_invoice_url": f"https://t.me/CryptoBot?start=IV{invoice_id}",
+                "created_at": "2026-01-01T00:00:00.000Z", "allow_comments": False, "allow_anonymous": False,
+            }
+            if currency_type == "fiat":
+                invoice["fiat"] = params["fiat"]
+                invoice["accepted_assets"] = params.get("accepted_assets")
+            else:
+                invoice["asset"] = params["asset"]
+            with self.lock:
+                self.invoices[invoice_id] = invoice
+            return 200, {"ok": True, "result": invoice}
+        if method == "getInvoices":
+            ids = [int(i) for i in str(params.get("invoice_ids", "")).split(",") if i]
+            count = int(params.get("count") or 100)
+            with self.lock:
+                items = [dict(self.invoices[i]) for i in ids if i in self.invoices][:count]
+            return 200, {"ok": True, "result": {"items": items}}
+        if method == "deleteInvoice":
+            with self.lock:
+                found = self.invoices.pop(int(params["invoice_id"]), None)
+            return 200, {"ok": True, "result": found is not None}
+        return 400, {"ok": False, "error": {"code": 400, "name": "METHOD_NOT_FOUND"}}
+
+    def pay(self, invoice_id: int, amount: str | None = None, asset: str | None = None) -> dict:
+        """Mark an invoice paid (optionally with another amount or asset); return it."""
+        with self.lock:
+            invoice = self.invoices[invoice_id]
+            invoice["status"] = "paid"
+            invoice["paid_at"] = "2026-01-01T00:05:00.000Z"
+            if amount is not None:
+                invoice["amount"] = amount
+            if asset is not None:
+                invoice["asset"] = asset
+            invoice["paid_asset"] = invoice.get("asset") or "USDT"
+            invoice["paid_amount"] = str(Decimal(invoice["amount"]))
+            return dict(invoice)
+
+    def expire(self, invoice_id: int) -> None:
+        with self.lock:
+            self.invoices[invoice_id]["status"] = "expired"
+
+    def add_invoice(self, invoice: dict) -> None:
+        with self.lock:
+            self.invoices[invoice["invoice_id"]] = invoice

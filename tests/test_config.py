@@ -1,0 +1,105 @@
+from decimal import Decimal
+
+import pytest
+from conftest import ROOT, start_process
+
+import config as config_module
+from config import ConfigError, parse_duration
+
+
+def test_it_parses_durations_in_every_unit():
+    assert parse_duration("30s") == 30
+    assert parse_duration("5m") == 300
+    assert parse_duration("1h") == 3600
+    assert parse_duration("30d") == 30 * 86400
+    assert parse_duration("0") == 0
+    for bad in ("", "30", "1.5h", "-1d", "1w", "d", "0s0"):
+        with pytest.raises(ValueError):
+            parse_duration(bad)
+
+
+def test_it_reads_plans_with_decimal_amounts_and_optional_titles(make_config):
+    cfg = make_config(PLANS="month:30d:5.10:USDT:Month: all in, year:365d:50:USD,trial:3d:0:TON")
+    month, year, trial = cfg.plans
+    assert (month.id, month.duration, month.amount, month.currency, month.title) == (
+        "month", 30 * 86400, Decimal("5.10"), "USDT", "Month: all in")
+    assert isinstance(month.amount, Decimal)
+    assert year.is_fiat and not month.is_fiat
+    assert trial.is_trial and trial.title is None
+
+
+def test_it_fills_defaults_and_picks_the_api_by_network(make_config):
+    cfg = make_config(CRYPTO_PAY_API_URL="", CRYPTO_PAY_NETWORK="testnet")
+    assert cfg.crypto_pay_api_url == "https://testnet-pay.crypt.bot/api"
+    assert cfg.webhook_host == "127.0.0.1"
+    assert cfg.remind_before == (3 * 86400, 86400)
+    assert cfg.grace_period == 0
+    assert cfg.default_language == "ru"
+    assert cfg.trusted_proxy == "127.0.0.1"
+
+
+def test_the_environment_wins_over_the_env_file(tmp_path, env):
+    env_file = tmp_path / ".env"
+    env_file.write_text("# comment\nexport WEBHOOK_PORT=9001\nLOG_LEVEL='debug'\n"
+                        'DEFAULT_LANGUAGE="en"  # inline comment\n', encoding="utf-8")
+    environ = {k: v for k, v in env.items() if k != "WEBHOOK_PORT"}
+    environ["LOG_LEVEL"] = "warning"
+    cfg = config_module.load(environ, env_file=env_file)
+    assert cfg.webhook_port == 9001
+    assert cfg.log_level == "WARNING"
+    assert cfg.default_language == "en"
+
+
+def test_it_refuses_a_typo_in_the_env_file(tmp_path, env):
+    env_file = tmp_path / ".env"
+    env_file.write_text("WEBHOOK_PROT=9001\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as error:
+        config_module.load(env, env_file=env_file)
+    assert error.value.name == "WEBHOOK_PROT"
+
+
+@pytest.mark.parametrize("name, value, words", [
+    ("BOT_TOKEN", "", "required"),
+    ("BOT_TOKEN", "not-a-token", "token"),
+    ("CLUB_CHAT_IDS", "-100,abc", "'abc'"),
+    ("CLUB_CHAT_IDS", "-100,-100", "twice"),
+    ("PLANS", "month:30d:5", "id:duration:amount:currency"),
+    ("PLANS", "month:30d:five:USDT", "'five'"),
+    ("PLANS", "month:30d:-1:USDT", "0 or more"),
+    ("PLANS", "month:0:5:USDT", "more than 0"),
+    ("PLANS", "month:30d:5:USDT,month:1d:1:USDT", "twice"),
+    ("PLANS", "month:30d:5:usdt", "currency"),
+    ("ADMIN_IDS", "12,x", "'x'"),
+    ("CRYPTO_PAY_NETWORK", "moonnet", "mainnet"),
+    ("TELEGRAM_API_URL", "ftp://x", "http"),
+    ("ACCEPTED_ASSETS", "USDT,USD", "fiat"),
+    ("WEBHOOK_HOST", "bad host!", "host"),
+    ("WEBHOOK_PORT", "70000", "port"),
+    ("WEBHOOK_URL", "your-domain.com", "http"),
+    ("TRUSTED_PROXY", "nginx", "IP"),
+    ("LOG_LEVEL", "loud", "debug"),
+    ("POLL_INTERVAL", "0", "shorter"),
+    ("INVOICE_TTL", "40d", "longer"),
+    ("REMIND_BEFORE", "3d,soon", "'soon'"),
+    ("GRACE_PERIOD", "-1d", "duration"),
+    ("TELEGRAM_RATE", "0", "more than 0"),
+    ("DEFAULT_LANGUAGE", "de", "ru"),
+])
+def test_a_bad_value_names_the_variable_and_the_problem(make_config, name, value, words):
+    with pytest.raises(ConfigError) as error:
+        make_config(**{name: value})
+    assert error.value.name == name
+    assert words in str(error.value)
+
+
+@pytest.mark.parametrize("name, value", [
+    ("PLANS", ""), ("WEBHOOK_PORT", "http"), ("SWEEP_INTERVAL", "1x"), ("CRYPTO_PAY_TOKEN", "x")])
+def test_start_up_stops_with_one_line_and_exit_code_2(tmp_path, env, name, value):
+    for command in (["clubbot.py"], ["clubbot.py", "bot"], ["webhook_server.py"]):
+        process = start_process([str(ROOT / command[0]), *command[1:]], {**env, name: value}, tmp_path)
+        out, err = process.communicate(timeout=30)
+        assert process.returncode == 2, err
+        lines = err.strip().splitlines()
+        assert len(lines) == 1, err
+        assert lines[0].startswith(f"clubbot: config error: {name}:")
+        assert "Traceback" not in err

@@ -1,0 +1,191 @@
+"""Everything members and admins read, in Russian and English, in one place.
+
+An owner may edit the strings; keep the {placeholders}. Dates are shown in
+UTC, written out the way each language writes them.
+"""
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone
+from decimal import Decimal
+
+LANGUAGES = ("ru", "en")
+
+TEXTS: dict[str, dict[str, str]] = {
+    "en": {
+        "greeting": "Welcome to {club}!\nMembership gives you access to the club. Choose a plan:",
+        "greeting_active": "Welcome back to {club}!\nYour membership is active until {date} ({days_left}).\nRenew in advance and the time adds up:",
+        "plan_button": "{title}: {price}",
+        "renew_button": "Renew: {title}, {price}",
+        "trial_button": "{title}: free trial",
+        "status_active": "Your membership is active until {date} ({days_left}).",
+        "status_none": "You have no active membership. Send /start to choose a plan.",
+        "status_expired": "Your membership ended on {date}. Send /start to renew.",
+        "help": (
+            "I sell membership in {club}.\n\n"
+            "/start: plans and payment\n"
+            "/status: your membership\n"
+            "/help: this message\n\n"
+            "Payment is made in @CryptoBot. Access opens as soon as the payment arrives."
+        ),
+        "unknown_command": "I don't know that command. Send /help to see what I can do.",
+        "invoice": (
+            "{title}: {price}\n\n"
+            "Pay the invoice in @CryptoBot. Access opens as soon as the payment arrives; "
+            "if it does not, press \"Check payment\".\nThe invoice is valid until {date}."
+        ),
+        "pay_button": "Pay {price}",
+        "check_button": "Check payment",
+        "check_paid": "Payment received!",
+        "check_waiting": "No payment yet. If you have paid, wait a minute and check again.",
+        "check_expired": "This invoice has expired. Send /start to get a new one.",
+        "check_unknown": "I can't find this invoice. Send /start to get a new one.",
+        "check_mismatch": "A payment arrived but does not match the invoice; the club's admins have been told.",
+        "check_failed": "I can't reach @CryptoBot right now. Please try again in a minute.",
+        "payments_unavailable": "Payments are unavailable right now. Please try again in a few minutes.",
+        "plan_unknown": "This plan is no longer offered. Send /start to see the current plans.",
+        "activated": "Payment received, thank you!\nYour membership is active until {date} ({days_left}).",
+        "way_in_approved": "Your request to join is approved: {chats}.",
+        "way_in_links": "Not in the club yet? Open the link and send a join request; it is approved at once:",
+        "trial_used": "The free trial can be taken once, and you have already had it. Choose a paid plan with /start.",
+        "join_button": "Join {chat}",
+        "payment_mismatch": (
+            "A payment for your invoice arrived, but it does not match the invoice "
+            "({paid} instead of {asked}), so access was not opened. The club's admins "
+            "have been told and will contact you."
+        ),
+        "admin_mismatch": (
+            "Payment mismatch: member {user_id}, invoice {invoice_id}, plan {plan}: "
+            "asked {asked}, paid {paid}. No access was given."
+        ),
+        "join_request_plans": "To join {chat}, you need a membership. Choose a plan, and your request will be approved as soon as you pay:",
+        "days_left_one": "{n} day left",
+        "days_left_many": "{n} days left",
+        "days_left_less": "less than a day left",
+        "duration_days_one": "{n} day",
+        "duration_days_many": "{n} days",
+        "duration_hours_one": "{n} hour",
+        "duration_hours_many": "{n} hours",
+        "duration_minutes_one": "{n} minute",
+        "duration_minutes_many": "{n} minutes",
+    },
+    "ru": {
+        "greeting": "Добро пожаловать в {club}!\nПодписка открывает доступ в клуб. Выберите тариф:",
+        "greeting_active": "С возвращением в {club}!\nВаша подписка активна до {date} ({days_left}).\nПродлите заранее, и время сложится:",
+        "plan_button": "{title}: {price}",
+        "renew_button": "Продлить: {title}, {price}",
+        "trial_button": "{title}: бесплатно",
+        "status_active": "Ваша подписка активна до {date} ({days_left}).",
+        "status_none": "У вас нет активной подписки. Отправьте /start, чтобы выбрать тариф.",
+        "status_expired": "Ваша подписка закончилась {date}. Отправьте /start, чтобы продлить.",
+        "help": (
+            "Я продаю подписку на {club}.\n\n"
+            "/start — тарифы и оплата\n"
+            "/status — ваша подписка\n"
+            "/help — это сообщение\n\n"
+            "Оплата проходит в @CryptoBot. Доступ открывается сразу после оплаты."
+        ),
+        "unknown_command": "Я не знаю такой команды. Отправьте /help, чтобы увидеть, что я умею.",
+        "invoice": (
+            "{title}: {price}\n\n"
+            "Оплатите счёт в @CryptoBot. Доступ откроется сразу после оплаты; "
+            "если этого не произошло, нажмите «Проверить оплату».\nСчёт действует до {date}."
+        ),
+        "pay_button": "Оплатить {price}",
+        "check_button": "Проверить оплату",
+        "check_paid": "Оплата получена!",
+        "check_waiting": "Оплата ещё не поступила. Если вы уже оплатили, подождите минуту и проверьте снова.",
+        "check_expired": "Срок этого счёта истёк. Отправьте /start, чтобы получить новый.",
+        "check_unknown": "Не могу найти этот счёт. Отправьте /start, чтобы получить новый.",
+        "check_mismatch": "Оплата поступила, но не совпадает со счётом; администраторы клуба уведомлены.",
+        "check_failed": "Не удаётся связаться с @CryptoBot. Попробуйте через минуту.",
+        "payments_unavailable": "Оплата сейчас недоступна. Попробуйте через несколько минут.",
+        "plan_unknown": "Этого тарифа больше нет. Отправьте /start, чтобы увидеть текущие тарифы.",
+        "activated": "Оплата получена, спасибо!\nВаша подписка активна до {date} ({days_left}).",
+        "way_in_approved": "Ваша заявка на вступление одобрена: {chats}.",
+        "way_in_links": "Ещё не в клубе? Откройте ссылку и отправьте заявку — она будет одобрена сразу:",
+        "trial_used": "Бесплатный пробный период можно взять один раз, и вы его уже использовали. Выберите платный тариф: /start.",
+        "join_button": "Войти в {chat}",
+        "payment_mismatch": (
+            "Оплата по вашему счёту поступила, но не совпадает со счётом "
+            "({paid} вместо {asked}), поэтому доступ не открыт. Администраторы клуба "
+            "уведомлены и свяжутся с вами."
+        ),
+        "admin_mismatch": (
+            "Несовпадение оплаты: участник {user_id}, счёт {invoice_id}, тариф {plan}: "
+            "запрошено {asked}, оплачено {paid}. Доступ не выдан."
+        ),
+        "join_request_plans": "Чтобы вступить в {chat}, нужна подписка. Выберите тариф — заявка будет одобрена сразу после оплаты:",
+        "days_left_one": "остался {n} день",
+        "days_left_few": "осталось {n} дня",
+        "days_left_many": "осталось {n} дней",
+        "days_left_less": "осталось меньше суток",
+        "duration_days_one": "{n} день",
+        "duration_days_few": "{n} дня",
+        "duration_days_many": "{n} дней",
+        "duration_hours_one": "{n} час",
+        "duration_hours_few": "{n} часа",
+        "duration_hours_many": "{n} часов",
+        "duration_minutes_one": "{n} минута",
+        "duration_minutes_few": "{n} минуты",
+        "duration_minutes_many": "{n} минут",
+    },
+}
+
+MONTHS = {
+    "en": ["January", "February", "March", "April", "May", "June", "July",
+           "August", "September", "October", "November", "December"],
+    "ru": ["января", "февраля", "марта", "апреля", "мая", "июня", "июля",
+           "августа", "сентября", "октября", "ноября", "декабря"],
+}
+
+
+def language_for(language_code: str | None, default: str) -> str:
+    """'ru' or 'en' from a Telegram language_code such as 'ru', 'en-US'; else the default."""
+    code = (language_code or "").lower().split("-")[0]
+    return code if code in LANGUAGES else default
+
+
+def t(lang: str, key: str, **values: object) -> str:
+    table = TEXTS.get(lang, TEXTS["en"])
+    return table.get(key, TEXTS["en"][key]).format(**values)
+
+
+def plural_form(lang: str, n: int) -> str:
+    """'one', 'few' or 'many' for Russian; 'one' or 'many' for English."""
+    if lang == "ru":
+        if n % 10 == 1 and n % 100 != 11:
+            return "one"
+        if 2 <= n % 10 <= 4 and not 12 <= n % 100 <= 14:
+            return "few"
+        return "many"
+    return "one" if n == 1 else "many"
+
+
+def counted(lang: str, stem: str, n: int) -> str:
+    return t(lang, f"{stem}_{plural_form(lang, n)}", n=n)
+
+
+def format_date(timestamp: int, lang: str) -> str:
+    moment = datetime.fromtimestamp(timestamp, timezone.utc)
+    month = MONTHS.get(lang, MONTHS["en"])[moment.month - 1]
+    return f"{moment.day} {month} {moment.year}, {moment:%H:%M} UTC"
+
+
+def days_left(expires_at: int, now: int, lang: str) -> str:
+    seconds = expires_at - now
+    if seconds < 86400:
+        return t(lang, "days_left_less")
+    return counted(lang, "days_left", math.floor(seconds / 86400))
+
+
+def duration_text(seconds: int, lang: str) -> str:
+    for stem, size in (("duration_days", 86400), ("duration_hours", 3600), ("duration_minutes", 60)):
+        if seconds >= size and seconds % size == 0:
+            return counted(lang, stem, seconds // size)
+    return counted(lang, "duration_minutes", max(1, round(seconds / 60)))
+
+
+def price(amount: Decimal, currency: str) -> str:
+    text = format(amount.normalize(), "f") if amount == amount.to_integral() else format(amount, "f")
+    return f"{text} {currency}"

@@ -1,0 +1,191 @@
+"""The HTTP side: GET /health and POST /webhook/cryptobot, a plain WSGI app under waitress.
+
+Run alone (`python webhook_server.py`) it records payments and queues
+messages in the database; the bot process sends them. It never needs Telegram.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import sys
+import threading
+import time
+from typing import Callable, Iterable
+
+import waitress
+
+from cryptopay import parse_invoice, signature_matches
+from db import Outcome
+from payments import log_applied
+from runtime import App
+
+log = logging.getLogger("clubbot.http")
+
+MAX_BODY = 64 * 1024
+# waitress refuses anything larger on its own; up to it, the app answers 413 in JSON.
+SERVER_MAX_BODY = 1024 * 1024
+WEBHOOK_PATH = "/webhook/cryptobot"
+HEALTH_PATH = "/health"
+STATUS_LINES = {200: "200 OK", 400: "400 Bad Request", 401: "401 Unauthorized", 404: "404 Not Found",
+                405: "405 Method Not Allowed", 413: "413 Payload Too Large", 500: "500 Internal Server Error",
+                503: "503 Service Unavailable"}
+
+StartResponse = Callable[..., object]
+
+
+def _respond(start_response: StartResponse, status: int, body: dict, head: bool = False,
+             headers: Iterable[tuple[str, str]] = ()) -> list[bytes]:
+    data = json.dumps(body).encode("utf-8")
+    start_response(STATUS_LINES[status], [("Content-Type", "application/json"),
+                                          ("Content-Length", str(len(data))), *headers])
+    return [] if head else [data]
+
+
+def _error(start_response: StartResponse, status: int, message: str, **kwargs) -> list[bytes]:
+    return _respond(start_response, status, {"error": message}, **kwargs)
+
+
+def _read_body(environ: dict) -> bytes | None:
+    """The request body, or None when it is larger than MAX_BODY."""
+    stream = environ["wsgi.input"]
+    length = environ.get("CONTENT_LENGTH") or ""
+    if length.strip():
+        size = int(length)
+        if size > MAX_BODY:
+            return None
+        return stream.read(size) if size else b""
+    data = stream.read(MAX_BODY + 1)
+    return None if len(data) > MAX_BODY else data
+
+
+def _valid_update(update: object) -> bool:
+    return (isinstance(update, dict) and isinstance(update.get("update_type"), str)
+            and isinstance(update.get("payload"), dict))
+
+
+def make_wsgi_app(app: App) -> Callable:
+    token = app.config.crypto_pay_token
+
+    def health(environ: dict, start_response: StartResponse) -> list[bytes]:
+        head = environ["REQUEST_METHOD"] == "HEAD"
+        now = int(time.time())
+        try:
+            app.db.ping()
+        except sqlite3.Error as exc:
+            log.error("health check failed: %s", exc)
+            return _respond(start_response, 503, {"status": "unhealthy", "timestamp": now,
+                                                  "error": str(exc)}, head=head)
+        return _respond(start_response, 200, {"status": "healthy", "timestamp": now}, head=head)
+
+    def webhook(environ: dict, start_response: StartResponse) -> list[bytes]:
+        client = environ.get("REMOTE_ADDR", "?")
+        given = environ.get("HTTP_CRYPTO_PAY_API_SIGNATURE")
+        log.info("webhook received from %s (%s bytes)", client, environ.get("CONTENT_LENGTH") or "?")
+        try:
+            body = _read_body(environ)
+        except ValueError:
+            return _error(start_response, 400, "bad Content-Length")
+        if not given:
+            log.warning("webhook from %s: signature missing", client)
+            return _error(start_response, 401, "missing crypto-pay-api-signature")
+        if body is None:
+            log.warning("webhook from %s: body over %d bytes", client, MAX_BODY)
+            return _error(start_response, 413, f"body over {MAX_BODY} bytes")
+        if not signature_matches(token, body, given):
+            log.warning("webhook from %s: signature check failed (got %.8s...)", client, given)
+            return _error(start_response, 401, "bad signature")
+        log.info("webhook from %s: signature check passed", client)
+        try:
+            update = json.loads(body)
+        except ValueError:
+            return _error(start_response, 400, "body is not JSON")
+        if not _valid_update(update):
+            return _error(start_response, 400, "body is not a Crypto Pay update")
+        if update["update_type"] != "invoice_paid":
+            log.info("webhook: update_type %.40s ignored", update["update_type"])
+            return _respond(start_response, 200, {"ok": True, "ignored": True})
+        try:
+            invoice = parse_invoice(update["payload"])
+        except ValueError as exc:
+            return _error(start_response, 400, f"bad invoice: {exc}")
+        if invoice.status != "paid":
+            log.warning("webhook: invoice_paid for invoice %s with status %s ignored",
+                        invoice.invoice_id, invoice.status)
+            return _respond(start_response, 200, {"ok": True, "ignored": True})
+        try:
+            result = app.db.apply_invoice(invoice, "webhook", app.now(), app.config.admin_ids)
+        except sqlite3.OperationalError as exc:
+            log.error("webhook: invoice %s not applied, the database failed: %s", invoice.invoice_id, exc)
+            return _error(start_response, 500, "database unavailable, retry later")
+        log_applied(result.outcome, invoice.invoice_id, "webhook", result.user_id, result.expires_at)
+        if result.outcome in (Outcome.APPLIED, Outcome.MISMATCH):
+            app.wake_sender()
+        return _respond(start_response, 200, {"ok": True})
+
+    def application(environ: dict, start_response: StartResponse) -> list[bytes]:
+        path = environ.get("PATH_INFO") or "/"
+        method = environ.get("REQUEST_METHOD", "GET")
+        try:
+            if path == HEALTH_PATH:
+                if method not in ("GET", "HEAD"):
+                    return _error(start_response, 405, "use GET", headers=[("Allow", "GET, HEAD")])
+                return health(environ, start_response)
+            if path == WEBHOOK_PATH:
+                if method != "POST":
+                    return _error(start_response, 405, "use POST", head=method == "HEAD",
+                                  headers=[("Allow", "POST")])
+                return webhook(environ, start_response)
+            return _error(start_response, 404, "not found", head=method == "HEAD")
+        except Exception:
+            log.exception("%s %s failed", method, path)
+            return _error(start_response, 500, "internal error")
+
+    return application
+
+
+def create_server(app: App, host: str | None = None, port: int | None = None):
+    """A waitress server for the app, not yet running (call .run())."""
+    config = app.config
+    options = dict(
+        host=host or config.webhook_host,
+        port=config.webhook_port if port is None else port,
+        threads=4,
+        ident="clubbot",
+        max_request_body_size=SERVER_MAX_BODY,
+        channel_timeout=30,
+        clear_untrusted_proxy_headers=True,
+    )
+    if config.trusted_proxy:
+        options.update(trusted_proxy=config.trusted_proxy, trusted_proxy_count=1,
+                       trusted_proxy_headers={"x-forwarded-for", "x-forwarded-proto"})
+    return waitress.create_server(make_wsgi_app(app), **options)
+
+
+class ServerThread:
+    """waitress in a background thread, with a graceful stop."""
+
+    def __init__(self, server):
+        self.server = server
+        self.thread = threading.Thread(target=server.run, name="http", daemon=True)
+
+    def start(self) -> "ServerThread":
+        self.thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop accepting, let requests in flight finish and flush, then close."""
+        self.server.accepting = False
+        self.server.task_dispatcher.shutdown(cancel_pending=False, timeout=timeout)
+        time.sleep(0.1)  # let the loop flush the last responses
+        self.server.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    import clubbot  # the CLI owns config loading, logging and signals
+
+    return clubbot.main(["webhook", *(argv if argv is not None else sys.argv[1:])])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

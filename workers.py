@@ -1,0 +1,324 @@
+"""The background loops: the outbox sender, the payment poller, Telegram's update poller.
+
+Each loop has a stop event, bounded waits, backoff, one log line per failure,
+and survives a bad row.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+
+from telebot import types
+
+import texts
+from cryptopay import CryptoPayError
+from db import Database
+from handlers import member_language, plans_keyboard
+from payments import poll_once
+from runtime import App
+from tg import LONG_POLL_SECONDS, classify
+
+log = logging.getLogger("clubbot.workers")
+
+# The sender gives a message up when it has failed for this long.
+GIVE_UP_AFTER = 3 * 86400
+MAX_BACKOFF = 600
+ALLOWED_UPDATES = ["message", "callback_query", "chat_join_request", "my_chat_member"]
+
+
+class Stopping(Exception):
+    """The process is stopping; the row stays queued."""
+
+
+class Sender:
+    """Does the outbox's work through the Bot API, at least once per row, in order of priority."""
+
+    def __init__(self, app: App):
+        self.app = app
+        self.db: Database = app.db
+        self.bot = app.bot
+        self.kinds = {
+            "activated": self._activated,
+            "way_in": self._way_in_message,
+            "payment_mismatch": self._payment_mismatch,
+            "admin_mismatch": self._admin_mismatch,
+            "approve": self._approve,
+            "join_plans": self._join_plans,
+            "text": self._text,
+        }
+
+    # --- the loop ---
+
+    def run(self) -> None:
+        log.info("sender started")
+        while not self.app.stop.is_set():
+            try:
+                done = self.run_once()
+            except Exception:
+                log.exception("sender: unexpected failure")
+                done = 0
+            if not done:
+                self.app.outbox_ready.wait(1.0)
+                self.app.outbox_ready.clear()
+        log.info("sender stopped")
+
+    def run_once(self, limit: int = 50) -> int:
+        """Deliver what is due now; return how many rows were tried."""
+        rows = self.db.due_messages(self.app.now(), limit)
+        for row in rows:
+            if self.app.stop.is_set():
+                break
+            self.deliver(row)
+        return len(rows)
+
+    def deliver(self, row: sqlite3.Row) -> None:
+        now = self.app.now()
+        handler = self.kinds.get(row["kind"])
+        if handler is None:
+            self.db.message_done(row["id"], "failed", now, f"unknown kind {row['kind']}")
+            log.error("outbox %s: unknown kind %s", row["id"], row["kind"])
+            return
+        try:
+            handler(row["chat_id"], json.loads(row["payload"]))
+        except Stopping:
+            return
+        except Exception as exc:
+            self._failed(row, exc)
+            return
+        self.db.message_done(row["id"], "sent", self.app.now())
+        log.info("sent %s to %s (outbox %s)", row["kind"], row["chat_id"], row["id"])
+
+    def _failed(self, row: sqlite3.Row, exc: Exception) -> None:
+        failure = classify(exc)
+        now = self.app.now()
+        where = f"outbox {row['id']} ({row['kind']} to {row['chat_id']})"
+        if failure.kind == "flood":
+            self.app.limiter.pause(failure.retry_after)
+            self.db.message_retry(row["id"], now + failure.retry_after, failure.description, count_attempt=False)
+            log.warning("%s: Telegram asks to wait %ss", where, failure.retry_after)
+        elif failure.kind == "blocked":
+            self.db.message_done(row["id"], "failed", now, failure.description)
+            log.warning("%s: given up, the member blocked the bot or left (%s)", where, failure.description)
+        elif failure.kind == "rejected":
+            self.db.message_done(row["id"], "failed", now, failure.description)
+            log.error("%s: Telegram refused it: %s", where, failure.description)
+        elif now - row["created_at"] > GIVE_UP_AFTER:
+            self.db.message_done(row["id"], "failed", now, failure.description)
+            log.error("%s: given up after %d attempts: %s", where, row["attempts"] + 1, failure.description)
+        else:
+            delay = min(MAX_BACKOFF, 2 ** min(row["attempts"], 10))
+            self.db.message_retry(row["id"], now + delay, failure.description)
+            log.warning("%s: failed (%s), retrying in %ss", where, failure.description, delay)
+
+    def call(self, method, *args, **kwargs):
+        """One Bot API call through the shared rate budget."""
+        if not self.app.limiter.acquire(self.app.stop):
+            raise Stopping()
+        return method(*args, **kwargs)
+
+    # --- the kinds of work ---
+
+    def chat_title(self, chat_id: int, lang: str) -> str:
+        title = self.app.chat_titles.get(chat_id)
+        if title is None:
+            try:
+                title = self.call(self.bot.get_chat, chat_id).title or ""
+            except Stopping:
+                raise
+            except Exception as exc:
+                log.warning("getChat %s failed: %s", chat_id, classify(exc).description)
+                title = ""
+            if title:
+                self.app.chat_titles[chat_id] = title
+        return title or ("клуб" if lang == "ru" else "the club")
+
+    def _way_in(self, user_id: int, lang: str) -> tuple[list[str], types.InlineKeyboardMarkup | None]:
+        """Approve the member's waiting join requests; personal links for the other chats."""
+        now = self.app.now()
+        waiting = set(self.db.waiting_join_chats(user_id))
+        approved: list[str] = []
+        keyboard = types.InlineKeyboardMarkup()
+        links = 0
+        for chat_id in self.app.config.club_chat_ids:
+            title = self.chat_title(chat_id, lang)
+            if chat_id in waiting:
+                try:
+                    self.call(self.bot.approve_chat_join_request, chat_id, user_id)
+                except Exception as exc:
+                    if classify(exc).kind != "rejected":
+                        raise
+                    # The request is gone (withdrawn, or already decided): a link will do.
+                    self.db.decide_join_request(chat_id, user_id, "gone", now)
+                else:
+                    self.db.decide_join_request(chat_id, user_id, "approved", now)
+                    self.db.audit(now, user_id, "join_approved", "bot", detail={"chat_id": chat_id})
+                    log.info("join request of member %s to chat %s approved", user_id, chat_id)
+                    approved.append(title)
+                    continue
+            link = self.db.invite_link(user_id, chat_id)
+            if link is None:
+                invite = self.call(self.bot.create_chat_invite_link, chat_id,
+                                   name=f"member {user_id}"[:32], creates_join_request=True)
+                link = invite.invite_link
+                self.db.save_invite_link(user_id, chat_id, link, now)
+            keyboard.add(types.InlineKeyboardButton(texts.t(lang, "join_button", chat=title), url=link))
+            links += 1
+        return approved, keyboard if links else None
+
+    def _activated(self, user_id: int, payload: dict) -> None:
+        lang = member_language(self.app, user_id)
+        now = self.app.now()
+        expires_at = self.db.expires_at(user_id) or payload["expires_at"]
+        header = texts.t(lang, "activated", date=texts.format_date(expires_at, lang),
+                         days_left=texts.days_left(expires_at, now, lang))
+        self._send_way_in(user_id, lang, header)
+
+    def _way_in_message(self, user_id: int, payload: dict) -> None:
+        self._send_way_in(user_id, member_language(self.app, user_id), None)
+
+    def _send_way_in(self, user_id: int, lang: str, header: str | None) -> None:
+        lines = [header] if header else []
+        approved, keyboard = self._way_in(user_id, lang)
+        if approved:
+            lines.append(texts.t(lang, "way_in_approved", chats=", ".join(approved)))
+        if keyboard:
+            lines.append(texts.t(lang, "way_in_links"))
+        self.call(self.bot.send_message, user_id, "\n\n".join(lines), reply_markup=keyboard)
+
+    def _payment_mismatch(self, user_id: int, payload: dict) -> None:
+        lang = member_language(self.app, user_id)
+        self.call(self.bot.send_message, user_id,
+                  texts.t(lang, "payment_mismatch", paid=payload["paid"], asked=payload["asked"]))
+
+    def _admin_mismatch(self, admin_id: int, payload: dict) -> None:
+        lang = member_language(self.app, admin_id)
+        self.call(self.bot.send_message, admin_id, texts.t(
+            lang, "admin_mismatch", user_id=payload["user_id"], invoice_id=payload["invoice_id"],
+            plan=payload["plan"], asked=payload["asked"], paid=payload["paid"]))
+
+    def _approve(self, user_id: int, payload: dict) -> None:
+        chat_id = payload["chat_id"]
+        now = self.app.now()
+        try:
+            self.call(self.bot.approve_chat_join_request, chat_id, user_id)
+        except Exception as exc:
+            if classify(exc).kind != "rejected":
+                raise
+            self.db.decide_join_request(chat_id, user_id, "gone", now)
+            log.info("join request of member %s to chat %s was gone before approval", user_id, chat_id)
+            return
+        self.db.decide_join_request(chat_id, user_id, "approved", now)
+        self.db.audit(now, user_id, "join_approved", "bot", detail={"chat_id": chat_id})
+        log.info("join request of member %s to chat %s approved", user_id, chat_id)
+
+    def _join_plans(self, chat_id: int, payload: dict) -> None:
+        lang = member_language(self.app, payload["user_id"])
+        title = self.chat_title(payload["club_chat_id"], lang)
+        self.call(self.bot.send_message, chat_id, texts.t(lang, "join_request_plans", chat=title),
+                  reply_markup=plans_keyboard(self.app, lang, renew=False))
+
+    def _text(self, chat_id: int, payload: dict) -> None:
+        self.call(self.bot.send_message, chat_id, payload["text"])
+
+
+class Poller:
+    """Asks Crypto Pay about pending invoices every POLL_INTERVAL, first at start."""
+
+    def __init__(self, app: App):
+        self.app = app
+
+    def run(self) -> None:
+        interval = self.app.config.poll_interval
+        failures = 0
+        delay = 0.0
+        log.info("payment poller started, every %ss", interval)
+        while not self.app.stop.wait(delay):
+            try:
+                poll_once(self.app)
+            except CryptoPayError as exc:
+                failures += 1
+                delay = min(interval * 2 ** failures, max(interval, 300))
+                log.warning("poller: Crypto Pay failed (%s); next try in %ss", exc, delay)
+                continue
+            except Exception:
+                failures += 1
+                delay = interval
+                log.exception("poller: unexpected failure")
+                continue
+            if failures:
+                log.info("poller: Crypto Pay answers again")
+            failures = 0
+            delay = interval
+        log.info("payment poller stopped")
+
+
+class UpdatePoller:
+    """Long-polls Telegram for updates and hands them to the handlers, one at a time.
+
+    An update is confirmed (by the next getUpdates offset) only after it was
+    handled, so updates fetched while stopping come again at the next start.
+    """
+
+    def __init__(self, app: App):
+        self.app = app
+        self.bot = app.bot
+        self.offset: int | None = None
+        self.idle = threading.Event()
+        self.idle.set()
+
+    def run(self) -> None:
+        backoff = 1.0
+        log.info("Telegram polling started")
+        while not self.app.stop.is_set():
+            try:
+                updates = self.bot.get_updates(offset=self.offset, timeout=LONG_POLL_SECONDS + 10,
+                                               long_polling_timeout=LONG_POLL_SECONDS,
+                                               allowed_updates=ALLOWED_UPDATES)
+            except Exception as exc:
+                if self.app.stop.is_set():
+                    break
+                log.warning("getUpdates failed: %s; retrying in %.0fs", classify(exc).description, backoff)
+                self.app.stop.wait(backoff)
+                backoff = min(backoff * 2, 60)
+                continue
+            backoff = 1.0
+            self.idle.clear()
+            try:
+                for update in updates:
+                    if self.app.stop.is_set():
+                        break
+                    try:
+                        self.bot.process_new_updates([update])
+                    except Exception:
+                        log.exception("update %s: handler failed", update.update_id)
+                    self.offset = update.update_id + 1
+            finally:
+                self.idle.set()
+        log.info("Telegram polling stopped")
+
+    def shutdown(self, timeout: float) -> None:
+        """Wait for the update in hand, then confirm what was handled."""
+        self.idle.wait(timeout)
+        if self.offset is not None:
+            try:
+                self.bot.get_updates(offset=self.offset, limit=1, timeout=3, long_polling_timeout=0)
+            except Exception as exc:
+                log.warning("could not confirm handled updates: %s", classify(exc).description)
+
+
+def start_thread(name: str, target) -> threading.Thread:
+    thread = threading.Thread(target=target, name=name, daemon=True)
+    thread.start()
+    return thread
+
+
+def wait_until(predicate, timeout: float, step: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return predicate()
