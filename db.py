@@ -423,6 +423,13 @@ def _audit(tx: sqlite3.Connection, now: int, user_id: int | None, action: str, c
 
 
 def _statements(sql: str) -> list[str]:
-    """Split a migration into statements (the schema has no ';' inside strings or triggers)."""
-    lines = [line for line in sql.splitlines() if not line.strip().startswith("--")]
-    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+    """Split a migration into complete statements."""
+    statements, current = [], ""
+    for line in sql.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            statements.append(current.strip())
+            current = ""
+    if current.strip() and not all(l.strip().startswith("--") or not l.strip() for l in current.splitlines()):
+        raise RuntimeError(f"schema.sql: incomplete statement: {current.strip()[:60]}")
+    return statements

@@ -1,0 +1,266 @@
+"""POST /webhook/cryptobot and GET /health, through a real waitress server on 127.0.0.1."""
+import json
+import logging
+import sqlite3
+import threading
+from decimal import Decimal
+from wsgiref.util import setup_testing_defaults
+from wsgiref.validate import validator
+
+import requests
+from conftest import ADMIN, PAY_TOKEN, START, paid_update, post_signed
+
+from cryptopay import signature, signature_matches
+from payments import buy
+from webhook_server import make_wsgi_app
+
+SPEC_BODY = (b'{"update_id":1,"update_type":"invoice_paid","request_date":"2024-01-01T00:00:00.000Z",'
+             b'"payload":{"invoice_id":42,"status":"paid","asset":"USDT","amount":"2.6"}}')
+SPEC_SIGNATURE = "e2bbbd4f8a484e49975b1438e084b2b6654546ba05b40f6398e069eb6909963b"
+
+
+def test_it_signs_the_spec_test_vector():
+    assert signature("1234:TESTTOKEN", SPEC_BODY) == SPEC_SIGNATURE
+    assert signature_matches("1234:TESTTOKEN", SPEC_BODY, SPEC_SIGNATURE)
+    assert signature_matches("1234:TESTTOKEN", SPEC_BODY, SPEC_SIGNATURE.upper())
+    assert not signature_matches("1234:TESTTOKEN", SPEC_BODY + b" ", SPEC_SIGNATURE)
+    assert not signature_matches("1234:OTHER", SPEC_BODY, SPEC_SIGNATURE)
+    assert not signature_matches("1234:TESTTOKEN", SPEC_BODY, "")
+    assert not signature_matches("1234:TESTTOKEN", SPEC_BODY, "é" * 64)
+
+
+def paid_invoice(app, cryptopay, plan_id="month", user_id=501) -> dict:
+    """A member buys a plan and pays it at the fake Crypto Pay; return the paid invoice object."""
+    app.db.upsert_member(user_id, "member", "Member", "en", app.now())
+    purchase = buy(app, user_id, app.config.plan(plan_id), plan_id)
+    return cryptopay.pay(purchase.invoice["invoice_id"])
+
+
+def counts(app) -> dict:
+    conn = app.db.connect()
+    return {table: conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+            for table in ("invoices", "subscriptions", "outbox", "audit", "members")}
+
+
+def test_it_applies_a_paid_invoice_once_and_answers_200(app, cryptopay, server):
+    invoice = paid_invoice(app, cryptopay)
+    body = paid_update(invoice)
+    first = post_signed(server + "/webhook/cryptobot", body)
+    assert first.status_code == 200 and first.json() == {"ok": True}
+    sub = app.db.subscription(501)
+    assert sub["expires_at"] == START + 30 * 86400
+    before = counts(app)
+    again = post_signed(server + "/webhook/cryptobot", paid_update(invoice, update_id=2))
+    assert again.status_code == 200
+    assert counts(app) == before
+    assert app.db.subscription(501)["expires_at"] == START + 30 * 86400
+    row = app.db.invoice_by_uuid(invoice["payload"])
+    assert (row["status"], row["applied_by"]) == ("paid", "webhook")
+    actions = [(r["action"], r["cause"]) for r in app.db.audit_rows(501)]
+    assert actions == [("payment_applied", "webhook")]
+    assert [r["kind"] for r in app.db.due_messages(app.now())] == ["activated"]
+
+
+def test_it_refuses_a_missing_or_wrong_signature_with_401_and_changes_nothing(app, cryptopay, server):
+    invoice = paid_invoice(app, cryptopay)
+    body = paid_update(invoice)
+    before = counts(app)
+    missing = requests.post(server + "/webhook/cryptobot", data=body, timeout=10)
+    wrong = post_signed(server + "/webhook/cryptobot", body, token="1234:WRONGTOKEN")
+    tampered = requests.post(server + "/webhook/cryptobot", data=body.replace(b'"5"', b'"6"'), timeout=10,
+                             headers={"crypto-pay-api-signature": signature(PAY_TOKEN, body)})
+    for response in (missing, wrong, tampered):
+        assert response.status_code == 401
+        assert "error" in response.json()
+    assert counts(app) == before
+    assert app.db.subscription(501) is None
+
+
+def test_it_answers_413_to_a_body_over_64_kib(app, server):
+    body = b'{"update_type":"invoice_paid","payload":{},"pad":"' + b"x" * (64 * 1024) + b'"}'
+    response = post_signed(server + "/webhook/cryptobot", body)
+    assert response.status_code == 413
+    assert response.json()["error"]
+
+
+def test_it_answers_400_to_a_signed_body_that_is_not_an_update(app, server):
+    for body in (b"not json", b"[1,2]", b'{"update_type":"invoice_paid"}', b"\xff\xfe",
+                 b'{"update_type":"invoice_paid","payload":{"invoice_id":"x","status":"paid"}}',
+                 b'{"update_type":"invoice_paid","payload":{"invoice_id":5,"status":"paid","asset":"USDT",'
+                 b'"amount":"NaN-ish"}}'):
+        response = post_signed(server + "/webhook/cryptobot", body)
+        assert response.status_code == 400, body
+        assert response.json()["error"]
+    assert counts(app)["audit"] == 0
+
+
+def test_it_ignores_other_update_types_with_200(app, server):
+    body = json.dumps({"update_id": 3, "update_type": "check_activated", "payload": {"check_id": 1}}).encode()
+    response = post_signed(server + "/webhook/cryptobot", body)
+    assert response.status_code == 200
+    assert counts(app)["audit"] == 0
+
+
+def test_it_answers_200_and_warns_about_an_invoice_it_never_created(app, server, caplog):
+    invoice = {"invoice_id": 77, "status": "paid", "asset": "USDT", "amount": "5", "payload": "someone-else"}
+    with caplog.at_level(logging.WARNING, logger="clubbot.payments"):
+        response = post_signed(server + "/webhook/cryptobot", paid_update(invoice))
+    assert response.status_code == 200
+    assert "invoice 77 is not one this database created" in caplog.text
+    assert counts(app)["subscriptions"] == 0
+
+
+def test_it_records_a_mismatch_alerts_admins_and_gives_no_access(app, cryptopay, server):
+    app.db.upsert_member(501, "member", "Member", "en", app.now())
+    purchase = buy(app, 501, app.config.plan("month"), "month")
+    for invoice in (cryptopay.pay(purchase.invoice["invoice_id"], amount="4.99"),):
+        response = post_signed(server + "/webhook/cryptobot", paid_update(invoice))
+        assert response.status_code == 200
+    again = post_signed(server + "/webhook/cryptobot", paid_update(invoice))
+    assert again.status_code == 200
+    assert app.db.subscription(501) is None
+    assert app.db.invoice_by_uuid(invoice["payload"])["status"] == "mismatch"
+    queued = sorted((r["kind"], r["chat_id"]) for r in app.db.due_messages(app.now()))
+    assert queued == [("admin_mismatch", ADMIN), ("payment_mismatch", 501)]
+    assert [r["action"] for r in app.db.audit_rows(501)] == ["payment_mismatch"]
+
+
+def test_a_wrong_asset_is_a_mismatch_too(app, cryptopay, server):
+    app.db.upsert_member(501, "member", "Member", "en", app.now())
+    purchase = buy(app, 501, app.config.plan("month"), "month")
+    invoice = cryptopay.pay(purchase.invoice["invoice_id"], asset="TON")
+    assert post_signed(server + "/webhook/cryptobot", paid_update(invoice)).status_code == 200
+    assert app.db.subscription(501) is None
+
+
+def test_it_finds_an_invoice_by_its_payload_when_the_id_was_never_saved(app, cryptopay, server):
+    """The process stopped between createInvoice and saving the invoice id."""
+    app.db.upsert_member(501, "member", "Member", "en", app.now())
+    plan = app.config.plan("month")
+    payment_uuid = app.db.start_invoice(501, plan.id, plan.duration, plan.amount, plan.currency, False,
+                                        app.now(), 3600)
+    invoice = {"invoice_id": 4242, "status": "paid", "asset": "USDT", "amount": "5.00", "payload": payment_uuid}
+    assert post_signed(server + "/webhook/cryptobot", paid_update(invoice)).status_code == 200
+    assert app.db.subscription(501)["expires_at"] == START + plan.duration
+    assert app.db.invoice_by_uuid(payment_uuid)["invoice_id"] == 4242
+
+
+def test_it_answers_500_while_the_database_is_locked_so_cryptobot_retries(app, cryptopay, server, monkeypatch):
+    import db as db_module
+
+    invoice = paid_invoice(app, cryptopay)
+    monkeypatch.setattr(db_module, "BUSY_TIMEOUT_MS", 200)
+    app.db.close()  # reconnect with the short timeout
+    blocker = sqlite3.connect(app.db.path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        # The server's worker threads open their own connections with the short timeout.
+        response = post_signed(server + "/webhook/cryptobot", paid_update(invoice))
+        assert response.status_code == 500
+        assert response.json()["error"]
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert app.db.subscription(501) is None
+    retry = post_signed(server + "/webhook/cryptobot", paid_update(invoice))
+    assert retry.status_code == 200
+    assert app.db.subscription(501) is not None
+
+
+def test_get_on_the_webhook_is_405_with_allow_post(server):
+    for method in ("GET", "HEAD", "PUT"):
+        response = requests.request(method, server + "/webhook/cryptobot", timeout=10)
+        assert response.status_code == 405
+        assert response.headers["Allow"] == "POST"
+
+
+def test_anything_else_is_404_in_json(server):
+    response = requests.get(server + "/webhook", timeout=10)
+    assert response.status_code == 404
+    assert response.json() == {"error": "not found"}
+
+
+def test_health_is_200_when_the_database_answers(server):
+    response = requests.get(server + "/health", timeout=10)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "healthy" and isinstance(body["timestamp"], int)
+    head = requests.head(server + "/health", timeout=10)
+    assert head.status_code == 200 and head.content == b""
+
+
+def test_health_is_503_when_the_database_does_not_answer(app, server):
+    from db import Database
+
+    app.db = Database(app.db.path.parent / "missing-folder" / "x.db")  # cannot be opened
+    response = requests.get(server + "/health", timeout=10)
+    assert response.status_code == 503
+    body = response.json()
+    assert body["status"] == "unhealthy" and body["error"]
+
+
+def test_the_app_is_valid_wsgi(app, cryptopay):
+    invoice = paid_invoice(app, cryptopay)
+    body = paid_update(invoice)
+    wsgi = validator(make_wsgi_app(app))
+    for method, path, data, headers in (
+        ("GET", "/health", b"", {}),
+        ("POST", "/webhook/cryptobot", body, {"HTTP_CRYPTO_PAY_API_SIGNATURE": signature(PAY_TOKEN, body)}),
+        ("POST", "/webhook/cryptobot", body, {}),
+        ("GET", "/nowhere", b"", {}),
+    ):
+        import io
+
+        environ = {"REQUEST_METHOD": method, "SCRIPT_NAME": "", "PATH_INFO": path, "QUERY_STRING": "",
+                   "CONTENT_LENGTH": str(len(data)),
+                   "wsgi.input": io.BytesIO(data), **headers}
+        setup_testing_defaults(environ)
+        statuses = []
+        result = wsgi(environ, lambda status, headers, exc_info=None: statuses.append(status))
+        b"".join(result)
+        result.close()
+        assert statuses
+    assert app.db.subscription(501)["expires_at"] == START + 30 * 86400
+
+
+def test_it_logs_the_client_address_behind_the_trusted_proxy(app, cryptopay, server, caplog):
+    invoice = paid_invoice(app, cryptopay)
+    with caplog.at_level(logging.INFO, logger="clubbot.http"):
+        response = requests.post(server + "/webhook/cryptobot", data=paid_update(invoice), timeout=10, headers={
+            "crypto-pay-api-signature": signature(PAY_TOKEN, paid_update(invoice)),
+            "X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https"})
+    assert response.status_code == 200
+    assert "webhook received from 203.0.113.7" in caplog.text
+
+
+def test_it_never_logs_a_whole_signature(app, cryptopay, server, caplog):
+    invoice = paid_invoice(app, cryptopay)
+    body = paid_update(invoice)
+    bad = signature("1234:WRONGTOKEN", body)
+    with caplog.at_level(logging.DEBUG):
+        requests.post(server + "/webhook/cryptobot", data=body, timeout=10,
+                      headers={"crypto-pay-api-signature": bad})
+    assert bad[:8] in caplog.text
+    assert bad not in caplog.text
+
+
+def test_many_threads_delivering_the_same_invoice_apply_it_once(app, cryptopay, server):
+    invoice = paid_invoice(app, cryptopay)
+    body = paid_update(invoice)
+    barrier = threading.Barrier(20)
+    statuses = []
+
+    def deliver():
+        barrier.wait()
+        statuses.append(post_signed(server + "/webhook/cryptobot", body).status_code)
+
+    threads = [threading.Thread(target=deliver) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert statuses == [200] * 20
+    assert app.db.subscription(501)["expires_at"] == START + 30 * 86400
+    assert len(app.db.audit_rows(501)) == 1
+    assert counts(app)["outbox"] == 1
+    assert Decimal(app.db.invoice_by_uuid(invoice["payload"])["amount"]) == Decimal("5")
