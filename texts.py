@@ -148,7 +148,8 @@ def language_for(language_code: str | None, default: str) -> str:
 
 def t(lang: str, key: str, **values: object) -> str:
     table = TEXTS.get(lang, TEXTS["en"])
-    return table.get(key, TEXTS["en"][key]).format(**values)
+    template = table[key] if key in table else TEXTS["en"][key]
+    return template.format(**values)
 
 
 def plural_form(lang: str, n: int) -> str:

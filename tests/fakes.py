@@ -104,6 +104,7 @@ class FakeTelegram(FakeServer):
         self.link_ids = itertools.count(1)
         self.confirmed = 0
         self.chat_titles: dict[int, str] = {}
+        self.sent: list[dict] = []  # sendMessage calls that were answered ok
         super().__init__()
 
     def push_update(self, update: dict) -> dict:
@@ -128,6 +129,8 @@ class FakeTelegram(FakeServer):
             result = {"id": chat_id, "type": "channel", "title": self.chat_titles.get(chat_id, "Test Club"),
                       "accent_color_id": 0, "max_reaction_count": 0}
         elif method == "sendMessage":
+            with self.lock:
+                self.sent.append(params)
             result = {"message_id": next(self.message_ids), "date": int(time.time()),
                       "chat": {"id": int(params["chat_id"]), "type": "private"}, "text": params.get("text", "")}
         elif method == "createChatInviteLink":
@@ -151,8 +154,10 @@ class FakeTelegram(FakeServer):
                 return ready[: int(params.get("limit") or 100)]
             time.sleep(0.02)
 
-    def messages_to(self, chat_id: int) -> list[str]:
-        return [p.get("text", "") for p in self.called("sendMessage") if int(p["chat_id"]) == chat_id]
+    def messages_to(self, chat_id: int) -> list[dict]:
+        """Messages delivered to this chat: the params of each successful sendMessage."""
+        with self.lock:
+            return [p for p in self.sent if int(p["chat_id"]) == chat_id]
 
 
 class FakeCryptoPay(FakeServer):
