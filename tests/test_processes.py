@@ -1,0 +1,211 @@
+"""The real processes: `python clubbot.py`, `clubbot.py bot`, `webhook_server.py`, against the fakes."""
+import signal
+import sqlite3
+import threading
+import time
+
+import pytest
+import requests
+from conftest import (BOT_TOKEN, CLUB_CHAT, PAY_TOKEN, ROOT, START, paid_update, post_signed, start_process,
+                      wait_for, wait_for_port)
+
+from payments import buy
+
+CLUBBOT = str(ROOT / "clubbot.py")
+WEBHOOK_SERVER = str(ROOT / "webhook_server.py")
+
+
+def stop(process, sig=signal.SIGTERM, timeout=10) -> tuple[int, float, str]:
+    """Send `sig`; return the exit code, the seconds it took, and what it wrote on stderr."""
+    started = time.monotonic()
+    process.send_signal(sig)
+    try:
+        _, err = process.communicate(timeout=timeout + 5)
+    except subprocess_timeout():
+        process.kill()
+        raise
+    return process.returncode, time.monotonic() - started, err
+
+
+def subprocess_timeout():
+    import subprocess
+
+    return subprocess.TimeoutExpired
+
+
+def user_update(text=None, data=None, user_id=501):
+    person = {"id": user_id, "is_bot": False, "first_name": "Member", "language_code": "en"}
+    if data is not None:
+        return {"callback_query": {"id": f"cb-{time.monotonic_ns()}", "from": person, "chat_instance": "ci",
+                                   "data": data}}
+    return {"message": {"message_id": 1, "date": START, "chat": {"id": user_id, "type": "private"},
+                        "from": person, "text": text,
+                        "entities": [{"type": "bot_command", "offset": 0, "length": len(text)}]}}
+
+
+def health(port):
+    try:
+        return requests.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def test_the_all_in_one_process_sells_a_subscription_end_to_end(tmp_path, env, telegram, cryptopay):
+    process = start_process([CLUBBOT], env, tmp_path)
+    try:
+        port = int(env["WEBHOOK_PORT"])
+        wait_for(lambda: health(port), timeout=15)
+        telegram.push_update(user_update("/start"))
+        greeting = wait_for(lambda: telegram.messages_to(501))
+        assert "Welcome" in greeting[0]["text"]
+        telegram.push_update(user_update(data="plan:month"))
+        wait_for(lambda: cryptopay.called("createInvoice"))
+        wait_for(lambda: len(telegram.messages_to(501)) == 2)
+        invoice = cryptopay.pay(1001)
+        response = post_signed(f"http://127.0.0.1:{port}/webhook/cryptobot", paid_update(invoice))
+        assert response.status_code == 200
+        activated = wait_for(lambda: [m for m in telegram.messages_to(501) if "active until" in m["text"]])
+        assert len(activated) == 1
+        code, seconds, err = stop(process)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert code == 0 and seconds < 10, err
+    log = (tmp_path / "logs" / "clubbot.log").read_text()
+    for event in ("webhook received from 127.0.0.1", "signature check passed", "payment processed",
+                  "subscription activated", "ClubBot stopped"):
+        assert event in log, event
+    for secret in (BOT_TOKEN, BOT_TOKEN.split(":")[1], PAY_TOKEN):
+        assert secret not in log and secret not in err
+
+
+@pytest.mark.parametrize("args", [[CLUBBOT], [CLUBBOT, "bot"], [WEBHOOK_SERVER]],
+                         ids=["all-in-one", "bot", "webhook-server"])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_each_process_stops_cleanly_within_10_seconds(tmp_path, env, args, sig, telegram):
+    process = start_process(args, env, tmp_path)
+    try:
+        if args[-1] == "bot":
+            wait_for(lambda: telegram.called("getUpdates"), timeout=15)
+        else:
+            wait_for(lambda: health(int(env["WEBHOOK_PORT"])), timeout=15)
+        code, seconds, err = stop(process, sig)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert code == 0, err
+    assert seconds < 10
+    assert "ClubBot stopped" in err
+    if args == [WEBHOOK_SERVER]:
+        assert telegram.calls == []  # the webhook server never needs Telegram
+
+
+def test_the_split_setup_records_in_one_process_and_sends_from_the_other(tmp_path, env, telegram, cryptopay,
+                                                                        app):
+    bot = start_process([CLUBBOT, "bot"], env, tmp_path)
+    server = start_process([WEBHOOK_SERVER], env, tmp_path)
+    try:
+        port = int(env["WEBHOOK_PORT"])
+        wait_for(lambda: health(port), timeout=15)
+        wait_for(lambda: telegram.called("getUpdates"), timeout=15)
+        app.db.upsert_member(501, "m", "Member", "en", app.now())
+        row = buy(app, 501, app.config.plan("month"), "month").invoice
+        invoice = cryptopay.pay(row["invoice_id"])
+        assert post_signed(f"http://127.0.0.1:{port}/webhook/cryptobot", paid_update(invoice)).status_code == 200
+        wait_for(lambda: [m for m in telegram.messages_to(501) if "active until" in m["text"]], timeout=15)
+        assert stop(server)[0] == 0
+        assert stop(bot)[0] == 0
+    finally:
+        for process in (bot, server):
+            if process.poll() is None:
+                process.kill()
+
+
+def test_twenty_threads_and_a_second_process_apply_one_payment_once(tmp_path, env, app, cryptopay, server):
+    other = start_process([WEBHOOK_SERVER], env, tmp_path)
+    try:
+        port = int(env["WEBHOOK_PORT"])
+        wait_for_port(port)
+        app.db.upsert_member(501, "m", "Member", "en", app.now())
+        row = buy(app, 501, app.config.plan("month"), "month").invoice
+        body = paid_update(cryptopay.pay(row["invoice_id"]))
+        targets = [f"{server}/webhook/cryptobot"] * 20 + [f"http://127.0.0.1:{port}/webhook/cryptobot"] * 20
+        barrier = threading.Barrier(len(targets))
+        statuses = []
+
+        def deliver(url):
+            barrier.wait()
+            statuses.append(post_signed(url, body).status_code)
+
+        threads = [threading.Thread(target=deliver, args=(url,)) for url in targets]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert stop(other)[0] == 0
+    finally:
+        if other.poll() is None:
+            other.kill()
+    assert statuses == [200] * 40
+    conn = sqlite3.connect(app.db.path)
+    # The two processes have different clocks; whichever applied it, it added 30 days once.
+    [(applied_at,)] = conn.execute("SELECT at FROM audit WHERE action = 'payment_applied'").fetchall()
+    assert conn.execute("SELECT expires_at FROM subscriptions WHERE user_id = 501").fetchall() == [
+        (applied_at + 30 * 86400,)]
+    assert conn.execute("SELECT count(*) FROM outbox WHERE kind = 'activated'").fetchone() == (1,)
+
+
+def test_a_message_committed_when_the_process_is_killed_is_sent_after_restart(tmp_path, env, telegram,
+                                                                              cryptopay, app):
+    app.db.upsert_member(501, "m", "Member", "en", app.now())
+    row = buy(app, 501, app.config.plan("month"), "month").invoice
+    cryptopay.pay(row["invoice_id"])  # paid while ClubBot is down; no webhook ever comes
+    telegram.hang.add("sendMessage")
+    first = start_process([CLUBBOT, "bot"], env, tmp_path)
+    try:
+        wait_for(lambda: telegram.called("sendMessage"), timeout=15)  # committed, and the send in flight
+        first.kill()
+        first.wait(10)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    conn = sqlite3.connect(app.db.path)
+    assert conn.execute("SELECT status FROM outbox WHERE kind = 'activated'").fetchall() == [("pending",)]
+    assert telegram.messages_to(501) == []
+    telegram.hang.discard("sendMessage")
+    second = start_process([CLUBBOT, "bot"], env, tmp_path)
+    try:
+        wait_for(lambda: telegram.messages_to(501), timeout=15)
+        time.sleep(0.5)
+        assert stop(second)[0] == 0
+    finally:
+        if second.poll() is None:
+            second.kill()
+    [message] = telegram.messages_to(501)
+    assert "active until" in message["text"]
+    assert conn.execute("SELECT status FROM outbox WHERE kind = 'activated'").fetchall() == [("sent",)]
+    assert conn.execute("SELECT count(*) FROM audit WHERE action = 'payment_applied'").fetchone() == (1,)
+
+
+def test_updates_fetched_while_stopping_are_not_lost(tmp_path, env, telegram):
+    process = start_process([CLUBBOT, "bot"], env, tmp_path)
+    try:
+        wait_for(lambda: telegram.called("getUpdates"), timeout=15)
+        telegram.push_update(user_update("/status"))
+        wait_for(lambda: telegram.messages_to(501))
+        assert stop(process)[0] == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert telegram.confirmed >= 1  # the handled update was confirmed before exit
+    assert telegram.updates == []
+
+
+def test_a_database_that_cannot_be_opened_is_one_line_and_exit_1(tmp_path, env):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    process = start_process([WEBHOOK_SERVER], {**env, "DATABASE_PATH": str(blocker / "db.sqlite")}, tmp_path)
+    _, err = process.communicate(timeout=20)
+    assert process.returncode == 1
+    assert "cannot open the database" in err and "Traceback" not in err
+    assert CLUB_CHAT  # the environment was complete but for the database
