@@ -13,7 +13,7 @@ import sqlite3
 import sys
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import requests
 
@@ -45,7 +45,11 @@ def serve(app: App, with_bot: bool, with_http: bool) -> int:
 
     http = None
     if with_http:
-        server = create_server(app)
+        try:
+            server = create_server(app)
+        except OSError as exc:
+            raise CommandError(f"cannot listen on {app.config.webhook_host}:{app.config.webhook_port} "
+                               f"(WEBHOOK_HOST, WEBHOOK_PORT): {exc.strerror or exc}") from None
         http = ServerThread(server).start()
         log.info("HTTP server listening on http://%s:%s (webhook at %s)", app.config.webhook_host,
                  app.config.webhook_port, app.config.public_webhook_url or "/webhook/cryptobot")
@@ -75,18 +79,22 @@ def serve(app: App, with_bot: bool, with_http: bool) -> int:
 
 def _learn_bot(app: App) -> None:
     """The bot's username (for the invoice's return button) and the club chats' titles."""
+    from tg import classify
+
     try:
         me = app.bot.get_me()
         app.bot_username = me.username
         log.info("Telegram: signed in as @%s", me.username)
     except Exception as exc:
-        from tg import classify
-        log.warning("Telegram getMe failed: %s (will keep trying)", classify(exc).description)
+        failure = classify(exc)
+        if "401" in failure.description:
+            log.error("Telegram refused BOT_TOKEN (%s): check the token from @BotFather", failure.description)
+        else:
+            log.warning("Telegram getMe failed: %s (will keep trying)", failure.description)
     for chat_id in app.config.club_chat_ids:
         try:
             app.chat_titles[chat_id] = app.bot.get_chat(chat_id).title or ""
         except Exception as exc:
-            from tg import classify
             log.warning("Telegram getChat %s failed: %s", chat_id, classify(exc).description)
 
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Any, Iterable
+from typing import Any
 
 import requests
 
@@ -26,7 +27,8 @@ class CryptoPayError(Exception):
     """A Crypto Pay call failed. `name` is the API's error name (or NETWORK_ERROR)."""
 
     def __init__(self, method: str, name: str, status: int | None, detail: str = ""):
-        super().__init__(f"{method}: {name}" + (f" (HTTP {status})" if status else "") + (f": {detail}" if detail else ""))
+        text = f"{method}: {name}" + (f" (HTTP {status})" if status else "")
+        super().__init__(text + (f": {detail}" if detail else ""))
         self.method = method
         self.name = name
         self.status = status

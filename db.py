@@ -12,12 +12,13 @@ import re
 import sqlite3
 import threading
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from enum import Enum
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from cryptopay import Invoice
 
@@ -192,7 +193,8 @@ class Database:
         with self.transaction() as tx:
             for invoice_id in invoice_ids:
                 row = tx.execute(
-                    "UPDATE invoices SET status = 'expired' WHERE invoice_id = ? AND status = 'pending' RETURNING user_id",
+                    """UPDATE invoices SET status = 'expired'
+                       WHERE invoice_id = ? AND status = 'pending' RETURNING user_id""",
                     (invoice_id,),
                 ).fetchone()
                 if row:
@@ -200,7 +202,7 @@ class Database:
                     _audit(tx, now, row["user_id"], "invoice_expired", cause, invoice_id)
         return changed
 
-    def apply_invoice(self, paid: Invoice, cause: str, now: int, admin_ids: frozenset[int]) -> "ApplyResult":
+    def apply_invoice(self, paid: Invoice, cause: str, now: int, admin_ids: frozenset[int]) -> ApplyResult:
         """Apply a paid invoice exactly once: the step to paid, the member's new expiry,
         the audit record and the messages to send, in one transaction."""
         if paid.status != "paid":
@@ -295,7 +297,8 @@ class Database:
         with self.transaction() as tx:
             tx.execute(
                 """INSERT INTO invite_links (user_id, chat_id, link, created_at) VALUES (?, ?, ?, ?)
-                   ON CONFLICT (user_id, chat_id) DO UPDATE SET link = excluded.link, created_at = excluded.created_at""",
+                   ON CONFLICT (user_id, chat_id) DO UPDATE SET
+                     link = excluded.link, created_at = excluded.created_at""",
                 (user_id, chat_id, link, now),
             )
 
@@ -430,6 +433,7 @@ def _statements(sql: str) -> list[str]:
         if sqlite3.complete_statement(current):
             statements.append(current.strip())
             current = ""
-    if current.strip() and not all(l.strip().startswith("--") or not l.strip() for l in current.splitlines()):
+    leftover = [line for line in current.splitlines() if line.strip() and not line.strip().startswith("--")]
+    if leftover:
         raise RuntimeError(f"schema.sql: incomplete statement: {current.strip()[:60]}")
     return statements

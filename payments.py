@@ -43,6 +43,11 @@ def buy(app: App, user_id: int, plan: Plan, plan_title: str) -> Purchase:
         log.info("trial started: member %s, plan %s, until %s", user_id, plan.id, expires_at)
         app.wake_sender()
         return Purchase(trial_expires_at=expires_at)
+    if app.bot_username is None and app.bot is not None:
+        try:  # for the invoice's return button; getMe failed at start
+            app.bot_username = app.bot.get_me().username
+        except Exception:
+            log.warning("getMe failed; the invoice gets no button back to the bot")
     reusable = app.db.reusable_invoice(user_id, plan.id, plan.amount, plan.currency, now + REUSE_MARGIN)
     if reusable is not None:
         return Purchase(invoice=reusable)

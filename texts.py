@@ -6,7 +6,7 @@ UTC, written out the way each language writes them.
 from __future__ import annotations
 
 import math
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 
 LANGUAGES = ("ru", "en")
@@ -168,7 +168,7 @@ def counted(lang: str, stem: str, n: int) -> str:
 
 
 def format_date(timestamp: int, lang: str) -> str:
-    moment = datetime.fromtimestamp(timestamp, timezone.utc)
+    moment = datetime.fromtimestamp(timestamp, UTC)
     month = MONTHS.get(lang, MONTHS["en"])[moment.month - 1]
     return f"{moment.day} {month} {moment.year}, {moment:%H:%M} UTC"
 

@@ -11,7 +11,7 @@ import sqlite3
 import sys
 import threading
 import time
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import waitress
 
@@ -52,6 +52,8 @@ def _read_body(environ: dict) -> bytes | None:
     length = environ.get("CONTENT_LENGTH") or ""
     if length.strip():
         size = int(length)
+        if size < 0:
+            raise ValueError("negative Content-Length")
         if size > MAX_BODY:
             return None
         return stream.read(size) if size else b""
@@ -169,7 +171,7 @@ class ServerThread:
         self.server = server
         self.thread = threading.Thread(target=server.run, name="http", daemon=True)
 
-    def start(self) -> "ServerThread":
+    def start(self) -> ServerThread:
         self.thread.start()
         return self
 

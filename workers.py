@@ -202,6 +202,10 @@ class Sender:
     def _approve(self, user_id: int, payload: dict) -> None:
         chat_id = payload["chat_id"]
         now = self.app.now()
+        expires_at = self.db.expires_at(user_id)
+        if not expires_at or expires_at <= now:
+            log.info("join request of member %s to chat %s left waiting: no time left", user_id, chat_id)
+            return
         try:
             self.call(self.bot.approve_chat_join_request, chat_id, user_id)
         except Exception as exc:

@@ -17,9 +17,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from fakes import FakeCryptoPay, FakeTelegram  # noqa: E402
+
 import config as config_module  # noqa: E402
 from cryptopay import signature  # noqa: E402
-from fakes import FakeCryptoPay, FakeTelegram  # noqa: E402
 from runtime import build_app  # noqa: E402
 from tg import RateLimiter, make_bot  # noqa: E402
 

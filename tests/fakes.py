@@ -180,7 +180,8 @@ class FakeCryptoPay(FakeServer):
 
     def answer(self, method: str, params: dict, headers) -> tuple[int, object]:
         if method == "getMe":
-            return 200, {"ok": True, "result": {"app_id": 1, "name": "Club", "payment_processing_bot_username": "CryptoBot"}}
+            return 200, {"ok": True, "result": {"app_id": 1, "name": "Club",
+                                                "payment_processing_bot_username": "CryptoBot"}}
         if method == "createInvoice":
             invoice_id = next(self.invoice_ids)
             currency_type = params.get("currency_type", "crypto")

@@ -6,8 +6,18 @@ import time
 
 import pytest
 import requests
-from conftest import (BOT_TOKEN, CLUB_CHAT, PAY_TOKEN, ROOT, START, paid_update, post_signed, start_process,
-                      wait_for, wait_for_port)
+from conftest import (
+    BOT_TOKEN,
+    CLUB_CHAT,
+    PAY_TOKEN,
+    ROOT,
+    START,
+    paid_update,
+    post_signed,
+    start_process,
+    wait_for,
+    wait_for_port,
+)
 
 from payments import buy
 

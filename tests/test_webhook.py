@@ -215,8 +215,12 @@ def test_the_app_is_valid_wsgi(app, cryptopay):
                    "CONTENT_LENGTH": str(len(data)),
                    "wsgi.input": io.BytesIO(data), **headers}
         setup_testing_defaults(environ)
-        statuses = []
-        result = wsgi(environ, lambda status, headers, exc_info=None: statuses.append(status))
+        statuses: list[str] = []
+
+        def start_response(status, headers, exc_info=None, seen=statuses):
+            seen.append(status)
+
+        result = wsgi(environ, start_response)
         b"".join(result)
         result.close()
         assert statuses

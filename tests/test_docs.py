@@ -1,0 +1,30 @@
+"""README must document every setting and every command."""
+import re
+
+from conftest import ROOT
+
+from clubbot import COMMANDS
+from config import SETTINGS
+
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def test_every_setting_is_in_the_readme_table():
+    documented = set(re.findall(r"^\| `([A-Z_]+)` \|", README, flags=re.MULTILINE))
+    assert documented == set(SETTINGS)
+
+
+def test_every_command_is_in_the_readme():
+    for name in COMMANDS:
+        assert f"clubbot.py {name}" in README or (name == "run" and "python clubbot.py`" in README), name
+
+
+def test_the_readme_test_command_is_the_one_ci_runs():
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert ".venv/bin/python -m pytest -q" in README
+    assert ".venv/bin/python -m pytest -q" in ci and "-r requirements.txt" in ci
+
+
+def test_the_example_env_names_only_real_settings():
+    names = re.findall(r"^([A-Z_]+)=", (ROOT / ".env.example").read_text(encoding="utf-8"), flags=re.MULTILINE)
+    assert names and set(names) <= set(SETTINGS)
