@@ -33,7 +33,7 @@ def serve(app: App, with_bot: bool, with_http: bool) -> int:
     from handlers import register_handlers
     from tg import RateLimiter, make_bot
     from webhook_server import ServerThread, create_server
-    from workers import Poller, Sender, UpdatePoller, start_thread
+    from workers import Poller, Sender, Sweeper, UpdatePoller, start_thread
 
     def on_signal(signum: int, _frame) -> None:
         log.info("received %s, stopping", signal.Signals(signum).name)
@@ -62,7 +62,7 @@ def serve(app: App, with_bot: bool, with_http: bool) -> int:
         _learn_bot(app)
         updates = UpdatePoller(app)
         workers = [start_thread("sender", Sender(app).run), start_thread("poller", Poller(app).run),
-                   start_thread("updates", updates.run)]
+                   start_thread("sweeper", Sweeper(app).run), start_thread("updates", updates.run)]
     log.info("ClubBot started (%s)", " + ".join(
         name for name, on in (("bot", with_bot), ("HTTP server", with_http)) if on))
     while not app.stop.wait(1.0):
@@ -83,7 +83,7 @@ def _learn_bot(app: App) -> None:
 
     try:
         me = app.bot.get_me()
-        app.bot_username = me.username
+        app.bot_username, app.bot_id = me.username, me.id
         log.info("Telegram: signed in as @%s", me.username)
     except Exception as exc:
         failure = classify(exc)
@@ -93,7 +93,9 @@ def _learn_bot(app: App) -> None:
             log.warning("Telegram getMe failed: %s (will keep trying)", failure.description)
     for chat_id in app.config.club_chat_ids:
         try:
-            app.chat_titles[chat_id] = app.bot.get_chat(chat_id).title or ""
+            chat = app.bot.get_chat(chat_id)
+            app.chat_titles[chat_id] = chat.title or ""
+            app.chat_types[chat_id] = chat.type
         except Exception as exc:
             log.warning("Telegram getChat %s failed: %s", chat_id, classify(exc).description)
 

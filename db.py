@@ -261,6 +261,91 @@ class Database:
                     now, PRIORITY_NOW, dedupe_key=f"trial:{user_id}")
             return new_expiry
 
+    # --- the lifecycle sweep ---
+
+    def queue_reminders(self, now: int, points: tuple[int, ...], limit: int = 2000) -> int:
+        """Queue the reminders due now: once per member, expiry and point.
+
+        A point counts only if it falls after the member's last extension. When
+        several points have passed (the bot was down), only the nearest is sent.
+        """
+        queued = 0
+        with self.transaction() as tx:
+            for point in sorted(points):
+                rows = tx.execute(
+                    """SELECT s.user_id, s.expires_at FROM subscriptions s
+                       WHERE s.expires_at > ? AND s.expires_at <= ? AND s.expires_at - ? > s.updated_at
+                         AND NOT EXISTS (SELECT 1 FROM reminders r WHERE r.user_id = s.user_id
+                                         AND r.expires_at = s.expires_at AND r.point = ?)
+                       LIMIT ?""",
+                    (now, now + point, point, point, limit),
+                ).fetchall()
+                for row in rows:
+                    for covered in (p for p in points if p >= point):
+                        tx.execute("INSERT OR IGNORE INTO reminders (user_id, expires_at, point, sent_at) "
+                                   "VALUES (?, ?, ?, ?)", (row["user_id"], row["expires_at"], covered, now))
+                    queued += enqueue(tx, "reminder", row["user_id"], {"expires_at": row["expires_at"],
+                                      "point": point}, now, PRIORITY_NORMAL,
+                                      dedupe_key=f"remind:{row['user_id']}:{row['expires_at']}:{point}")
+        return queued
+
+    def queue_expiries(self, now: int, grace: int, limit: int = 500) -> int:
+        """Queue the removal of members whose time (plus grace) ran out; once per expiry."""
+        with self.transaction() as tx:
+            rows = tx.execute(
+                """SELECT user_id, expires_at FROM subscriptions
+                   WHERE removed_for IS NOT expires_at AND expires_at <= ?
+                   ORDER BY expires_at LIMIT ?""",
+                (now - grace, limit),
+            ).fetchall()
+            for row in rows:
+                tx.execute("UPDATE subscriptions SET removed_for = expires_at WHERE user_id = ?", (row["user_id"],))
+                _audit(tx, now, row["user_id"], "membership_expired", "scheduler",
+                       detail={"expires_at": row["expires_at"]})
+                enqueue(tx, "expire", row["user_id"], {"expires_at": row["expires_at"]}, now, PRIORITY_NORMAL,
+                        dedupe_key=f"expire:{row['user_id']}:{row['expires_at']}")
+        return len(rows)
+
+    def queue_declines(self, requested_before: int, now: int) -> int:
+        """Decline join requests that waited too long for a payment."""
+        with self.transaction() as tx:
+            rows = tx.execute(
+                "SELECT chat_id, user_id, requested_at FROM join_requests WHERE status = 'waiting' "
+                "AND requested_at <= ?", (requested_before,),
+            ).fetchall()
+            for row in rows:
+                tx.execute("UPDATE join_requests SET status = 'declined', decided_at = ? "
+                           "WHERE chat_id = ? AND user_id = ?", (now, row["chat_id"], row["user_id"]))
+                enqueue(tx, "decline", row["user_id"], {"chat_id": row["chat_id"]}, now, PRIORITY_NORMAL,
+                        dedupe_key=f"decline:{row['chat_id']}:{row['user_id']}:{row['requested_at']}")
+        return len(rows)
+
+    def rights_changed(self, chat_id: int, ok: bool, missing: list[str], now: int,
+                       admin_ids: frozenset[int]) -> bool:
+        """Record the bot's rights in a club chat; alert admins once per change.
+
+        When the rights come back, removals that failed meanwhile are retried at once.
+        """
+        key = f"rights:{chat_id}"
+        new = "ok" if ok else "lost"
+        with self.transaction() as tx:
+            row = tx.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
+            old = row[0] if row else None
+            if old == new:
+                return False
+            tx.execute("INSERT INTO state (key, value) VALUES (?, ?) "
+                       "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, new))
+            if old is None and ok:
+                return False  # first look, all well: nothing to tell
+            _audit(tx, now, None, "bot_rights_" + new, "scheduler", detail={"chat_id": chat_id, "missing": missing})
+            for admin_id in sorted(admin_ids):
+                enqueue(tx, "admin_rights", admin_id, {"chat_id": chat_id, "ok": ok, "missing": missing}, now,
+                        PRIORITY_NOW, dedupe_key=f"rights:{chat_id}:{new}:{now}:{admin_id}")
+            if ok:
+                tx.execute("UPDATE outbox SET next_attempt_at = ? WHERE status = 'pending' AND kind = 'expire'",
+                           (now,))
+            return True
+
     # --- join requests and invite links ---
 
     def record_join_request(self, chat_id: int, user_id: int, user_chat_id: int | None, now: int) -> None:

@@ -85,6 +85,17 @@ def on_status(app: App, message: types.Message) -> None:
     _reply(app, message.chat.id, text)
 
 
+def on_link(app: App, message: types.Message) -> None:
+    lang = _remember(app, message.from_user)
+    now = app.now()
+    expires_at = app.db.expires_at(message.from_user.id)
+    if not expires_at or expires_at <= now:
+        _reply(app, message.chat.id, texts.t(lang, "status_none"))
+        return
+    app.db.enqueue("way_in", message.from_user.id, {}, now, priority=0)
+    app.wake_sender()
+
+
 def on_help(app: App, message: types.Message) -> None:
     lang = _remember(app, message.from_user)
     _reply(app, message.chat.id, texts.t(lang, "help", club=club_name(app)))
@@ -165,6 +176,7 @@ def register_handlers(bot: TeleBot, app: App) -> None:
     bot.register_message_handler(_guarded(app, on_start), commands=["start"], chat_types=private)
     bot.register_message_handler(_guarded(app, on_status), commands=["status"], chat_types=private)
     bot.register_message_handler(_guarded(app, on_help), commands=["help"], chat_types=private)
+    bot.register_message_handler(_guarded(app, on_link), commands=["link"], chat_types=private)
     bot.register_message_handler(
         _guarded(app, on_unknown_command), chat_types=private,
         func=lambda m: bool(m.text) and m.text.startswith("/"))

@@ -81,7 +81,9 @@ class App:
     stop: threading.Event = field(default_factory=threading.Event)
     outbox_ready: threading.Event = field(default_factory=threading.Event)
     bot_username: str | None = None
+    bot_id: int | None = None
     chat_titles: dict[int, str] = field(default_factory=dict)
+    chat_types: dict[int, str] = field(default_factory=dict)
 
     def now(self) -> int:
         return self.clock.now()

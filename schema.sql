@@ -99,3 +99,24 @@ CREATE TABLE audit (
     detail     TEXT    NOT NULL DEFAULT '{}'
 );
 CREATE INDEX audit_member ON audit(user_id, at);
+
+-- version: 2
+
+-- Which expiry of the member's the removal was queued for (NULL: none yet).
+ALTER TABLE subscriptions ADD COLUMN removed_for INTEGER;
+CREATE INDEX subscriptions_unhandled ON subscriptions(expires_at) WHERE removed_for IS NOT expires_at;
+
+-- Reminders sent, once per point before each expiry.
+CREATE TABLE reminders (
+    user_id    INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,                 -- the expiry it reminded of
+    point      INTEGER NOT NULL,                 -- seconds before expiry (a REMIND_BEFORE entry)
+    sent_at    INTEGER NOT NULL,
+    PRIMARY KEY (user_id, expires_at, point)
+);
+
+-- Small named state: the bot's rights per club chat.
+CREATE TABLE state (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);

@@ -25,6 +25,7 @@ TEXTS: dict[str, dict[str, str]] = {
             "I sell membership in {club}.\n\n"
             "/start: plans and payment\n"
             "/status: your membership\n"
+            "/link: the way into the club again\n"
             "/help: this message\n\n"
             "Payment is made in @CryptoBot. Access opens as soon as the payment arrives."
         ),
@@ -59,6 +60,13 @@ TEXTS: dict[str, dict[str, str]] = {
             "asked {asked}, paid {paid}. No access was given."
         ),
         "join_request_plans": "To join {chat}, you need a membership. Choose a plan, and your request will be approved as soon as you pay:",
+        "reminder": "Your membership ends on {date} ({days_left}). Renew now and the time adds up:",
+        "expired_notice": "Your membership has ended, so you have been removed from {chats}. To come back, choose a plan; you will be let in again as soon as you pay:",
+        "admin_rights_lost": "The bot has lost its rights in {chat}: {missing}. Until it is an admin there with the rights to invite users and ban users, it can neither let members in nor remove them.",
+        "admin_rights_back": "The bot's rights in {chat} are back. Removals missed meanwhile are being done now.",
+        "right_admin": "it is not an admin",
+        "right_invite": "cannot invite users",
+        "right_ban": "cannot ban users",
         "days_left_one": "{n} day left",
         "days_left_many": "{n} days left",
         "days_left_less": "less than a day left",
@@ -82,6 +90,7 @@ TEXTS: dict[str, dict[str, str]] = {
             "Я продаю подписку на {club}.\n\n"
             "/start — тарифы и оплата\n"
             "/status — ваша подписка\n"
+            "/link — снова получить вход в клуб\n"
             "/help — это сообщение\n\n"
             "Оплата проходит в @CryptoBot. Доступ открывается сразу после оплаты."
         ),
@@ -116,6 +125,13 @@ TEXTS: dict[str, dict[str, str]] = {
             "запрошено {asked}, оплачено {paid}. Доступ не выдан."
         ),
         "join_request_plans": "Чтобы вступить в {chat}, нужна подписка. Выберите тариф — заявка будет одобрена сразу после оплаты:",
+        "reminder": "Ваша подписка заканчивается {date} ({days_left}). Продлите сейчас, и время сложится:",
+        "expired_notice": "Ваша подписка закончилась, поэтому вы удалены из {chats}. Чтобы вернуться, выберите тариф — вас впустят сразу после оплаты:",
+        "admin_rights_lost": "Бот потерял права в {chat}: {missing}. Пока он не станет там администратором с правами приглашать и блокировать пользователей, он не может ни впускать участников, ни удалять их.",
+        "admin_rights_back": "Права бота в {chat} восстановлены. Пропущенные удаления выполняются сейчас.",
+        "right_admin": "он не администратор",
+        "right_invite": "не может приглашать пользователей",
+        "right_ban": "не может блокировать пользователей",
         "days_left_one": "остался {n} день",
         "days_left_few": "осталось {n} дня",
         "days_left_many": "осталось {n} дней",

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import requests
@@ -25,41 +26,63 @@ def make_bot(token: str, api_url: str) -> telebot.TeleBot:
 
 
 class RateLimiter:
-    """A token bucket shared by every call that sends or removes.
+    """A token bucket shared by every call that sends or removes, plus 1 message/s per chat.
 
     `pause()` stops everyone after a 429, since Telegram's flood limit is per bot.
-    Real (monotonic) time: this is about Telegram's clock, not the product's.
+    It runs on real monotonic time (Telegram's clock, not the product's);
+    tests may pass their own `monotonic` and `sleep`.
     """
 
-    def __init__(self, rate: float, burst: float | None = None):
+    PER_CHAT_INTERVAL = 1.0
+
+    def __init__(self, rate: float, burst: float | None = None,
+                 monotonic: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float, threading.Event | None], bool] | None = None):
         self.rate = rate
-        self.capacity = max(1.0, burst if burst is not None else rate)
+        # A small burst: a full second's worth at once, on top of the steady rate,
+        # would overrun Telegram's own per-second window.
+        self.capacity = max(1.0, burst if burst is not None else rate * 0.2)
+        self._monotonic = monotonic
+        self._sleep = sleep or _sleep
         self._tokens = self.capacity
-        self._stamp = time.monotonic()
+        self._stamp = monotonic()
         self._paused_until = 0.0
+        self._chat_next: dict[int, float] = {}
         self._lock = threading.Lock()
 
     def pause(self, seconds: float) -> None:
         with self._lock:
-            self._paused_until = max(self._paused_until, time.monotonic() + seconds)
+            self._paused_until = max(self._paused_until, self._monotonic() + seconds)
 
-    def acquire(self, stop: threading.Event | None = None) -> bool:
-        """Wait for a token; False if `stop` was set first."""
+    def acquire(self, stop: threading.Event | None = None, chat_id: int | None = None) -> bool:
+        """Wait for a token (and for the chat's turn); False if `stop` was set first."""
         while True:
             with self._lock:
-                now = time.monotonic()
+                now = self._monotonic()
                 self._tokens = min(self.capacity, self._tokens + (now - self._stamp) * self.rate)
                 self._stamp = now
-                if now >= self._paused_until and self._tokens >= 1:
+                chat_ready = self._chat_next.get(chat_id, 0.0) if chat_id is not None else 0.0
+                if now >= self._paused_until and now >= chat_ready and self._tokens >= 1:
                     self._tokens -= 1
+                    if chat_id is not None:
+                        self._chat_next[chat_id] = now + self.PER_CHAT_INTERVAL
+                        if len(self._chat_next) > 10_000:
+                            self._forget_chats(now)
                     return True
-                wait = max(self._paused_until - now, (1 - self._tokens) / self.rate)
-            wait = min(wait, 0.5)
-            if stop is not None:
-                if stop.wait(wait):
-                    return False
-            else:
-                time.sleep(wait)
+                wait = max(self._paused_until - now, chat_ready - now, (1 - self._tokens) / self.rate)
+            if self._sleep(min(max(wait, 0.001), 0.5), stop):
+                return False
+
+    def _forget_chats(self, now: float) -> None:
+        self._chat_next = {chat: ready for chat, ready in self._chat_next.items() if ready > now}
+
+
+def _sleep(seconds: float, stop: threading.Event | None) -> bool:
+    """Sleep; True if `stop` was set."""
+    if stop is not None:
+        return stop.wait(seconds)
+    time.sleep(seconds)
+    return False
 
 
 @dataclass(frozen=True)

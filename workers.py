@@ -33,6 +33,16 @@ class Stopping(Exception):
     """The process is stopping; the row stays queued."""
 
 
+class RemovalBlocked(Exception):
+    """The bot cannot remove members from a club chat now (rights, or the chat is gone)."""
+
+
+# Work that is retried until it is done, however long that takes.
+NEVER_GIVE_UP = frozenset({"expire"})
+JOIN_REQUEST_WAIT = 86400  # a join request waits this long for a payment, then is declined
+ADMINS_TTL = 600  # seconds a club chat's admin list is trusted
+
+
 class Sender:
     """Does the outbox's work through the Bot API, at least once per row, in order of priority."""
 
@@ -48,7 +58,12 @@ class Sender:
             "approve": self._approve,
             "join_plans": self._join_plans,
             "text": self._text,
+            "reminder": self._reminder,
+            "expire": self._expire,
+            "decline": self._decline,
+            "admin_rights": self._admin_rights,
         }
+        self._admins: dict[int, tuple[float, frozenset[int]]] = {}
 
     # --- the loop ---
 
@@ -95,6 +110,11 @@ class Sender:
         failure = classify(exc)
         now = self.app.now()
         where = f"outbox {row['id']} ({row['kind']} to {row['chat_id']})"
+        if isinstance(exc, RemovalBlocked):
+            delay = min(MAX_BACKOFF, 2 ** min(row["attempts"], 10))
+            self.db.message_retry(row["id"], now + delay, str(exc))
+            log.warning("%s: removal blocked (%s), retrying in %ss", where, exc, delay)
+            return
         if failure.kind == "flood":
             self.app.limiter.pause(failure.retry_after)
             self.db.message_retry(row["id"], now + failure.retry_after, failure.description, count_attempt=False)
@@ -105,7 +125,7 @@ class Sender:
         elif failure.kind == "rejected":
             self.db.message_done(row["id"], "failed", now, failure.description)
             log.error("%s: Telegram refused it: %s", where, failure.description)
-        elif now - row["created_at"] > GIVE_UP_AFTER:
+        elif now - row["created_at"] > GIVE_UP_AFTER and row["kind"] not in NEVER_GIVE_UP:
             self.db.message_done(row["id"], "failed", now, failure.description)
             log.error("%s: given up after %d attempts: %s", where, row["attempts"] + 1, failure.description)
         else:
@@ -118,6 +138,12 @@ class Sender:
         if not self.app.limiter.acquire(self.app.stop):
             raise Stopping()
         return method(*args, **kwargs)
+
+    def send(self, chat_id: int, text: str, **kwargs):
+        """sendMessage through the shared budget, at most one a second per chat."""
+        if not self.app.limiter.acquire(self.app.stop, chat_id=chat_id):
+            raise Stopping()
+        return self.bot.send_message(chat_id, text, **kwargs)
 
     # --- the kinds of work ---
 
@@ -186,16 +212,16 @@ class Sender:
             lines.append(texts.t(lang, "way_in_approved", chats=", ".join(approved)))
         if keyboard:
             lines.append(texts.t(lang, "way_in_links"))
-        self.call(self.bot.send_message, user_id, "\n\n".join(lines), reply_markup=keyboard)
+        self.send(user_id, "\n\n".join(lines), reply_markup=keyboard)
 
     def _payment_mismatch(self, user_id: int, payload: dict) -> None:
         lang = member_language(self.app, user_id)
-        self.call(self.bot.send_message, user_id,
+        self.send(user_id,
                   texts.t(lang, "payment_mismatch", paid=payload["paid"], asked=payload["asked"]))
 
     def _admin_mismatch(self, admin_id: int, payload: dict) -> None:
         lang = member_language(self.app, admin_id)
-        self.call(self.bot.send_message, admin_id, texts.t(
+        self.send(admin_id, texts.t(
             lang, "admin_mismatch", user_id=payload["user_id"], invoice_id=payload["invoice_id"],
             plan=payload["plan"], asked=payload["asked"], paid=payload["paid"]))
 
@@ -221,11 +247,199 @@ class Sender:
     def _join_plans(self, chat_id: int, payload: dict) -> None:
         lang = member_language(self.app, payload["user_id"])
         title = self.chat_title(payload["club_chat_id"], lang)
-        self.call(self.bot.send_message, chat_id, texts.t(lang, "join_request_plans", chat=title),
+        self.send(chat_id, texts.t(lang, "join_request_plans", chat=title),
                   reply_markup=plans_keyboard(self.app, lang, renew=False))
 
     def _text(self, chat_id: int, payload: dict) -> None:
-        self.call(self.bot.send_message, chat_id, payload["text"])
+        self.send(chat_id, payload["text"])
+
+    def _reminder(self, user_id: int, payload: dict) -> None:
+        now = self.app.now()
+        expires_at = self.db.expires_at(user_id)
+        if expires_at != payload["expires_at"] or expires_at <= now:
+            log.info("reminder to member %s dropped: renewed or ended meanwhile", user_id)
+            return
+        lang = member_language(self.app, user_id)
+        self.send(user_id, texts.t(lang, "reminder", date=texts.format_date(expires_at, lang),
+                                   days_left=texts.days_left(expires_at, now, lang)),
+                  reply_markup=plans_keyboard(self.app, lang, renew=True))
+
+    def _expire(self, user_id: int, payload: dict) -> None:
+        """Remove the member from every club chat (the ban lifted again), then say how to return."""
+        now = self.app.now()
+        expires_at = self.db.expires_at(user_id)
+        if expires_at is not None and expires_at + self.app.config.grace_period > now:
+            log.info("member %s renewed before removal; nothing to do", user_id)
+            return
+        lang = member_language(self.app, user_id)
+        removed = []
+        for chat_id in self.app.config.club_chat_ids:
+            if user_id in self.app.config.admin_ids or user_id in self.chat_admins(chat_id):
+                log.info("member %s is an admin of chat %s; not removed", user_id, chat_id)
+                continue
+            self._remove(chat_id, user_id)
+            removed.append(self.chat_title(chat_id, lang))
+        self.db.audit(self.app.now(), user_id, "member_removed", "scheduler",
+                      detail={"expires_at": payload["expires_at"], "chats": len(removed)})
+        log.info("subscription removed: member %s from %d chat(s)", user_id, len(removed))
+        if not removed:
+            return
+        try:
+            self.send(user_id, texts.t(lang, "expired_notice", chats=", ".join(removed)),
+                      reply_markup=plans_keyboard(self.app, lang, renew=False))
+        except Exception as exc:
+            failure = classify(exc)
+            if failure.kind not in ("blocked", "rejected"):
+                raise
+            log.info("member %s was removed but could not be told: %s", user_id, failure.description)
+
+    def _remove(self, chat_id: int, user_id: int) -> None:
+        try:
+            self.call(self.bot.ban_chat_member, chat_id, user_id)
+            self.call(self.bot.unban_chat_member, chat_id, user_id, only_if_banned=True)
+        except Stopping:
+            raise
+        except Exception as exc:
+            failure = classify(exc)
+            text = failure.description.lower()
+            if failure.kind == "blocked" or "rights" in text or "chat not found" in text:
+                raise RemovalBlocked(f"chat {chat_id}: {failure.description}") from None
+            if failure.kind == "rejected" and ("administrator" in text or "owner" in text):
+                log.info("member %s is an admin of chat %s; not removed", user_id, chat_id)
+                return
+            if failure.kind == "rejected":
+                log.warning("removing member %s from chat %s: %s; taken as done", user_id, chat_id,
+                            failure.description)
+                return
+            raise
+
+    def chat_admins(self, chat_id: int) -> frozenset[int]:
+        """The chat's administrators and owner, who are never removed."""
+        cached = self._admins.get(chat_id)
+        if cached and time.monotonic() - cached[0] < ADMINS_TTL:
+            return cached[1]
+        try:
+            members = self.call(self.bot.get_chat_administrators, chat_id)
+        except Stopping:
+            raise
+        except Exception as exc:
+            failure = classify(exc)
+            if failure.kind in ("blocked", "rejected"):
+                raise RemovalBlocked(f"chat {chat_id}: {failure.description}") from None
+            raise
+        admins = frozenset(member.user.id for member in members)
+        self._admins[chat_id] = (time.monotonic(), admins)
+        return admins
+
+    def _decline(self, user_id: int, payload: dict) -> None:
+        try:
+            self.call(self.bot.decline_chat_join_request, payload["chat_id"], user_id)
+        except Exception as exc:
+            if classify(exc).kind != "rejected":
+                raise
+            log.info("join request of member %s to chat %s was gone before decline", user_id, payload["chat_id"])
+            return
+        log.info("join request of member %s to chat %s declined: not paid within a day", user_id,
+                 payload["chat_id"])
+
+    def _admin_rights(self, admin_id: int, payload: dict) -> None:
+        lang = member_language(self.app, admin_id)
+        chat = self.chat_title(payload["chat_id"], lang)
+        if payload["ok"]:
+            text = texts.t(lang, "admin_rights_back", chat=chat)
+        else:
+            missing = ", ".join(texts.t(lang, key) for key in payload["missing"])
+            text = texts.t(lang, "admin_rights_lost", chat=chat, missing=missing)
+        self.send(admin_id, text)
+
+
+class Sweeper:
+    """Every SWEEP_INTERVAL, first at start: stale join requests, reminders, expiries, the bot's rights."""
+
+    def __init__(self, app: App):
+        self.app = app
+
+    def run(self) -> None:
+        interval = self.app.config.sweep_interval
+        delay = 0.0
+        log.info("sweeper started, every %ss", interval)
+        while not self.app.stop.wait(delay):
+            delay = interval
+            try:
+                self.sweep_once()
+            except Exception:
+                log.exception("sweep failed")
+        log.info("sweeper stopped")
+
+    def sweep_once(self) -> dict[str, int]:
+        now = self.app.now()
+        db, config = self.app.db, self.app.config
+        done = {"declined": db.queue_declines(now - JOIN_REQUEST_WAIT, now),
+                "reminded": db.queue_reminders(now, config.remind_before), "expired": 0}
+        while not self.app.stop.is_set():
+            batch = db.queue_expiries(now, config.grace_period)
+            done["expired"] += batch
+            if batch < 500:
+                break
+        if any(done.values()):
+            log.info("sweep: %(expired)d expired, %(reminded)d reminders, %(declined)d join requests declined",
+                     done)
+            self.app.wake_sender()
+        if self.app.bot is not None:
+            self.check_rights(now)
+        return done
+
+    def check_rights(self, now: int) -> None:
+        """Can the bot still invite and remove members in every club chat? Alert admins on a change."""
+        app = self.app
+        bot_id = app.bot_id
+        if bot_id is None:
+            try:
+                bot_id = app.bot_id = self._call(app.bot.get_me).id
+            except Exception as exc:
+                log.warning("rights check skipped: getMe failed: %s", classify(exc).description)
+                return
+        for chat_id in app.config.club_chat_ids:
+            try:
+                member = self._call(app.bot.get_chat_member, chat_id, bot_id)
+                if chat_id not in app.chat_types:
+                    app.chat_types[chat_id] = self._call(app.bot.get_chat, chat_id).type
+            except Stopping:
+                return
+            except Exception as exc:
+                failure = classify(exc)
+                if failure.kind not in ("blocked", "rejected"):
+                    log.warning("rights check of chat %s failed: %s", chat_id, failure.description)
+                    continue
+                missing = ["right_admin"]
+            else:
+                missing = missing_rights(member, app.chat_types.get(chat_id))
+            if app.db.rights_changed(chat_id, not missing, missing, now, app.config.admin_ids):
+                if missing:
+                    log.error("the bot lost its rights in chat %s: %s", chat_id, ", ".join(missing))
+                else:
+                    log.info("the bot's rights in chat %s are back", chat_id)
+                app.wake_sender()
+
+    def _call(self, method, *args):
+        if not self.app.limiter.acquire(self.app.stop):
+            raise Stopping()
+        return method(*args)
+
+
+def missing_rights(member, chat_type: str | None) -> list[str]:
+    """What the bot lacks, as text keys: it must be an admin who can invite and ban."""
+    if member.status == "creator":
+        return []
+    if member.status != "administrator":
+        return ["right_admin"]
+    missing = []
+    if not member.can_invite_users:
+        missing.append("right_invite")
+    # Channel admins remove subscribers without a separate right.
+    if chat_type != "channel" and member.can_restrict_members is False:
+        missing.append("right_ban")
+    return missing
 
 
 class Poller:

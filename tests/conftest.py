@@ -32,14 +32,23 @@ START = 1_800_000_000  # the fake clock's first second
 
 
 class FakeClock:
-    def __init__(self, now: int = START):
-        self.value = now
+    """Virtual time: the App's clock, and the rate limiter's, whose waits move it on."""
+
+    def __init__(self, now: float = START):
+        self.value = float(now)
 
     def now(self) -> int:
+        return int(self.value)
+
+    def monotonic(self) -> float:
         return self.value
 
-    def advance(self, seconds: int) -> None:
+    def advance(self, seconds: float) -> None:
         self.value += seconds
+
+    def sleep(self, seconds: float, stop=None) -> bool:
+        self.value += seconds
+        return bool(stop is not None and stop.is_set())
 
 
 def free_port() -> int:
@@ -99,7 +108,7 @@ def app(make_config, clock):
     cfg = make_config()
     application = build_app(cfg, clock=clock)
     application.bot = make_bot(cfg.bot_token, cfg.telegram_api_url)
-    application.limiter = RateLimiter(cfg.telegram_rate)
+    application.limiter = RateLimiter(cfg.telegram_rate, monotonic=clock.monotonic, sleep=clock.sleep)
     application.bot_username = "club_test_bot"
     yield application
     application.stop.set()
