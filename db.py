@@ -320,6 +320,16 @@ class Database:
                         dedupe_key=f"decline:{row['chat_id']}:{row['user_id']}:{row['requested_at']}")
         return len(rows)
 
+    def removal_done(self, message_id: int, user_id: int, expires_at: int, chats: list[int], now: int) -> None:
+        """The member is out of every club chat: close the outbox row, audit it, and queue the notice."""
+        with self.transaction() as tx:
+            tx.execute("UPDATE outbox SET status = 'sent', done_at = ?, attempts = attempts + 1 "
+                       "WHERE id = ? AND status = 'pending'", (now, message_id))
+            _audit(tx, now, user_id, "member_removed", "scheduler", detail={"expires_at": expires_at, "chats": chats})
+            if chats:
+                enqueue(tx, "expired_notice", user_id, {"expires_at": expires_at, "chats": chats}, now,
+                        PRIORITY_NORMAL, dedupe_key=f"expired:{user_id}:{expires_at}")
+
     def rights_changed(self, chat_id: int, ok: bool, missing: list[str], now: int,
                        admin_ids: frozenset[int]) -> bool:
         """Record the bot's rights in a club chat; alert admins once per change.

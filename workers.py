@@ -60,6 +60,7 @@ class Sender:
             "text": self._text,
             "reminder": self._reminder,
             "expire": self._expire,
+            "expired_notice": self._expired_notice,
             "decline": self._decline,
             "admin_rights": self._admin_rights,
         }
@@ -97,7 +98,10 @@ class Sender:
             log.error("outbox %s: unknown kind %s", row["id"], row["kind"])
             return
         try:
-            handler(row["chat_id"], json.loads(row["payload"]))
+            if handler == self._expire:
+                handler(row["chat_id"], json.loads(row["payload"]), row["id"])
+            else:
+                handler(row["chat_id"], json.loads(row["payload"]))
         except Stopping:
             return
         except Exception as exc:
@@ -264,39 +268,39 @@ class Sender:
                                    days_left=texts.days_left(expires_at, now, lang)),
                   reply_markup=plans_keyboard(self.app, lang, renew=True))
 
-    def _expire(self, user_id: int, payload: dict) -> None:
-        """Remove the member from every club chat (the ban lifted again), then say how to return."""
+    def _expire(self, user_id: int, payload: dict, message_id: int) -> None:
+        """Remove the member from every club chat (the ban lifted again); the notice is queued after."""
         now = self.app.now()
         expires_at = self.db.expires_at(user_id)
         if expires_at is not None and expires_at + self.app.config.grace_period > now:
             log.info("member %s renewed before removal; nothing to do", user_id)
             return
-        lang = member_language(self.app, user_id)
         removed = []
         for chat_id in self.app.config.club_chat_ids:
             if user_id in self.app.config.admin_ids or user_id in self.chat_admins(chat_id):
                 log.info("member %s is an admin of chat %s; not removed", user_id, chat_id)
                 continue
-            self._remove(chat_id, user_id)
-            removed.append(self.chat_title(chat_id, lang))
-        self.db.audit(self.app.now(), user_id, "member_removed", "scheduler",
-                      detail={"expires_at": payload["expires_at"], "chats": len(removed)})
+            if self._remove(chat_id, user_id):
+                removed.append(chat_id)
+        self.db.removal_done(message_id, user_id, payload["expires_at"], removed, self.app.now())
+        self.app.wake_sender()
         log.info("subscription removed: member %s from %d chat(s)", user_id, len(removed))
-        if not removed:
-            return
-        try:
-            self.send(user_id, texts.t(lang, "expired_notice", chats=", ".join(removed)),
-                      reply_markup=plans_keyboard(self.app, lang, renew=False))
-        except Exception as exc:
-            failure = classify(exc)
-            if failure.kind not in ("blocked", "rejected"):
-                raise
-            log.info("member %s was removed but could not be told: %s", user_id, failure.description)
 
-    def _remove(self, chat_id: int, user_id: int) -> None:
+    def _expired_notice(self, user_id: int, payload: dict) -> None:
+        expires_at = self.db.expires_at(user_id)
+        if expires_at is not None and expires_at > self.app.now():
+            return  # back already
+        lang = member_language(self.app, user_id)
+        chats = ", ".join(self.chat_title(chat_id, lang) for chat_id in payload["chats"])
+        self.send(user_id, texts.t(lang, "expired_notice", chats=chats),
+                  reply_markup=plans_keyboard(self.app, lang, renew=False))
+
+    def _remove(self, chat_id: int, user_id: int) -> bool:
+        """Ban and unban: out of the chat, free to come back. False if they are an admin there."""
         try:
             self.call(self.bot.ban_chat_member, chat_id, user_id)
             self.call(self.bot.unban_chat_member, chat_id, user_id, only_if_banned=True)
+            return True
         except Stopping:
             raise
         except Exception as exc:
@@ -306,11 +310,11 @@ class Sender:
                 raise RemovalBlocked(f"chat {chat_id}: {failure.description}") from None
             if failure.kind == "rejected" and ("administrator" in text or "owner" in text):
                 log.info("member %s is an admin of chat %s; not removed", user_id, chat_id)
-                return
+                return False
             if failure.kind == "rejected":
                 log.warning("removing member %s from chat %s: %s; taken as done", user_id, chat_id,
                             failure.description)
-                return
+                return True
             raise
 
     def chat_admins(self, chat_id: int) -> frozenset[int]:
@@ -403,7 +407,8 @@ class Sweeper:
             try:
                 member = self._call(app.bot.get_chat_member, chat_id, bot_id)
                 if chat_id not in app.chat_types:
-                    app.chat_types[chat_id] = self._call(app.bot.get_chat, chat_id).type
+                    chat = self._call(app.bot.get_chat, chat_id)
+                    app.chat_types[chat_id], app.chat_titles[chat_id] = chat.type, chat.title or ""
             except Stopping:
                 return
             except Exception as exc:

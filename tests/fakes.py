@@ -105,6 +105,11 @@ class FakeTelegram(FakeServer):
         self.confirmed = 0
         self.chat_titles: dict[int, str] = {}
         self.sent: list[dict] = []  # sendMessage calls that were answered ok
+        self.removed: list[tuple[int, int]] = []  # (chat, user) banned and unbanned again
+        self.banned: set[tuple[int, int]] = set()
+        self.owners: dict[int, int] = {}  # chat -> its owner's user id
+        self.admins: dict[int, list[int]] = {}  # chat -> other admins' user ids
+        self.rights_lost: set[int] = set()  # chats where the bot is no longer an admin
         super().__init__()
 
     def push_update(self, update: dict) -> dict:
@@ -133,12 +138,49 @@ class FakeTelegram(FakeServer):
                 self.sent.append(params)
             result = {"message_id": next(self.message_ids), "date": int(time.time()),
                       "chat": {"id": int(params["chat_id"]), "type": "private"}, "text": params.get("text", "")}
+        elif method in ("banChatMember", "unbanChatMember"):
+            chat_id, user_id = int(params["chat_id"]), int(params["user_id"])
+            if chat_id in self.rights_lost:
+                return 400, {"ok": False, "error_code": 400,
+                             "description": "Bad Request: not enough rights to restrict/ban chat member"}
+            if user_id == self.owners.get(chat_id) or user_id in self.admins.get(chat_id, []):
+                return 400, {"ok": False, "error_code": 400,
+                             "description": "Bad Request: user is an administrator of the chat"}
+            with self.lock:
+                if method == "banChatMember":
+                    self.banned.add((chat_id, user_id))
+                elif (chat_id, user_id) in self.banned:
+                    self.banned.discard((chat_id, user_id))
+                    self.removed.append((chat_id, user_id))
+        elif method == "getChatAdministrators":
+            chat_id = int(params["chat_id"])
+            if chat_id in self.rights_lost:
+                return 400, {"ok": False, "error_code": 400, "description": "Bad Request: chat not found"}
+            people = [(self.owners.get(chat_id, 1), "creator"), (777, "administrator")]
+            people += [(user, "administrator") for user in self.admins.get(chat_id, [])]
+            result = [self._member(user, status) for user, status in people]
+        elif method == "getChatMember":
+            chat_id, user_id = int(params["chat_id"]), int(params["user_id"])
+            status = "member" if chat_id in self.rights_lost else "administrator"
+            result = self._member(user_id, status)
         elif method == "createChatInviteLink":
             result = {"invite_link": f"https://t.me/+fake{next(self.link_ids)}",
                       "creator": {"id": 777, "is_bot": True, "first_name": "Club"},
                       "creates_join_request": True, "is_primary": False, "is_revoked": False,
                       "name": params.get("name")}
         return 200, {"ok": True, "result": result}
+
+    @staticmethod
+    def _member(user_id: int, status: str) -> dict:
+        member = {"user": {"id": user_id, "is_bot": user_id == 777, "first_name": "U"}, "status": status}
+        if status == "creator":
+            member["is_anonymous"] = False
+        if status == "administrator":
+            member.update(can_be_edited=False, is_anonymous=False, can_manage_chat=True, can_delete_messages=True,
+                          can_manage_video_chats=True, can_restrict_members=True, can_promote_members=False,
+                          can_change_info=True, can_invite_users=True, can_post_stories=False,
+                          can_edit_stories=False, can_delete_stories=False)
+        return member
 
     def _get_updates(self, params: dict) -> list[dict]:
         offset = int(params.get("offset") or 0)
@@ -234,3 +276,79 @@ class FakeCryptoPay(FakeServer):
     def add_invoice(self, invoice: dict) -> None:
         with self.lock:
             self.invoices[invoice["invoice_id"]] = invoice
+
+
+class RateLimitedBot:
+    """An in-process stand-in for TeleBot on virtual time, for sweeps too big for HTTP.
+
+    It enforces `limit` calls in any one (virtual) second and answers 429 with
+    retry_after beyond it, as Telegram does; every call takes `latency` seconds.
+    """
+
+    def __init__(self, clock, limit: int, latency: float = 0.002):
+        from collections import deque
+
+        self.clock = clock
+        self.limit = limit
+        self.latency = latency
+        self.window = deque()
+        self.calls = 0
+        self.too_many = 0
+        self.banned: set[tuple[int, int]] = set()
+        self.removed: list[tuple[int, int]] = []
+        self.messages: list[int] = []
+
+    def _hit(self, method: str) -> None:
+        from telebot.apihelper import ApiTelegramException
+
+        now = self.clock.monotonic()
+        self.clock.advance(self.latency)
+        self.calls += 1
+        while self.window and self.window[0] <= now - 1.0:
+            self.window.popleft()
+        if len(self.window) >= self.limit:
+            self.too_many += 1
+            raise ApiTelegramException(method, None, {
+                "ok": False, "error_code": 429, "description": "Too Many Requests: retry after 1",
+                "parameters": {"retry_after": 1}})
+        self.window.append(now)
+
+    def ban_chat_member(self, chat_id, user_id):
+        self._hit("banChatMember")
+        self.banned.add((chat_id, user_id))
+        return True
+
+    def unban_chat_member(self, chat_id, user_id, only_if_banned=False):
+        self._hit("unbanChatMember")
+        if (chat_id, user_id) in self.banned:
+            self.banned.discard((chat_id, user_id))
+            self.removed.append((chat_id, user_id))
+        return True
+
+    def send_message(self, chat_id, text, **kwargs):
+        self._hit("sendMessage")
+        self.messages.append(chat_id)
+
+    def get_chat_administrators(self, chat_id):
+        from types import SimpleNamespace
+
+        self._hit("getChatAdministrators")
+        return [SimpleNamespace(user=SimpleNamespace(id=1), status="creator")]
+
+    def get_chat(self, chat_id):
+        from types import SimpleNamespace
+
+        self._hit("getChat")
+        return SimpleNamespace(id=chat_id, title="Club", type="supergroup")
+
+    def get_me(self):
+        from types import SimpleNamespace
+
+        self._hit("getMe")
+        return SimpleNamespace(id=777, username="club_test_bot")
+
+    def get_chat_member(self, chat_id, user_id):
+        from types import SimpleNamespace
+
+        self._hit("getChatMember")
+        return SimpleNamespace(status="administrator", can_invite_users=True, can_restrict_members=True)
