@@ -49,7 +49,7 @@ def _remember(app: App, user: types.User) -> str:
 
 
 def _reply(app: App, chat_id: int, text: str, **kwargs) -> None:
-    app.limiter.acquire(app.stop)
+    app.limiter.acquire(app.stop, chat_id=chat_id)
     app.bot.send_message(chat_id, text, **kwargs)
 
 

@@ -348,3 +348,15 @@ def test_ten_thousand_expiries_against_telegrams_rate_limit_lose_nothing(make_co
     assert elapsed <= 1.2 * bound, (elapsed, bound)
     print(f"10,000 expiries: {bot.calls} calls in {elapsed:.0f} virtual s (bound {bound:.0f} s), "
           f"{bot.too_many} answered 429")
+
+
+def test_early_renewal_stacks_and_late_renewal_starts_now(app, cryptopay, clock):
+    first = paid(app, cryptopay).expires_at
+    assert first == START + 30 * DAY
+    clock.value = START + 10 * DAY
+    assert paid(app, cryptopay).expires_at == first + 30 * DAY  # stacks on the time left
+    clock.value = first + 30 * DAY + 5 * DAY  # 5 days after it ran out
+    renewed_at = clock.now()
+    assert paid(app, cryptopay, plan="year").expires_at == renewed_at + 365 * DAY
+    row = app.db.subscription(501)
+    assert row["period_start"] == renewed_at
