@@ -14,12 +14,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import requests
 
 import config as config_module
 from config import Config, ConfigError
-from cryptopay import CryptoPayError, signature
+from cryptopay import CryptoPay, CryptoPayError, signature
 from runtime import App, build_app, setup_logging
 
 log = logging.getLogger("clubbot")
@@ -139,6 +140,138 @@ def cmd_ping_webhook(config: Config, args: argparse.Namespace) -> int:
     return 1
 
 
+def cmd_check(config: Config, args: argparse.Namespace) -> int:
+    """Config, both APIs, the bot's rights in each club chat, and the URL to paste into @CryptoBot."""
+    import texts
+    from tg import classify, make_bot
+    from workers import missing_rights
+
+    problems: list[str] = []
+
+    def report(ok: bool, line: str) -> None:
+        print(("ok    " if ok else "FAIL  ") + line)
+        if not ok:
+            problems.append(line)
+
+    plans = ", ".join(f"{p.id} ({p.amount} {p.currency})" for p in config.plans)
+    report(True, f"config: {len(config.plans)} plan(s): {plans}; {len(config.club_chat_ids)} club chat(s); "
+                 f"{len(config.admin_ids)} admin(s)")
+    bot = make_bot(config.bot_token, config.telegram_api_url)
+    me = None
+    try:
+        me = bot.get_me()
+        report(True, f"Telegram: signed in as @{me.username} (id {me.id})")
+    except Exception as exc:
+        report(False, f"Telegram getMe: {classify(exc).description} (check BOT_TOKEN and TELEGRAM_API_URL)")
+    try:
+        app_info = CryptoPay(config.crypto_pay_api_url, config.crypto_pay_token).get_me()
+        report(True, f"Crypto Pay: app \"{app_info.get('name', '?')}\" on {config.crypto_pay_network} "
+                     f"({config.crypto_pay_api_url})")
+    except CryptoPayError as exc:
+        hint = "check CRYPTO_PAY_TOKEN and CRYPTO_PAY_NETWORK" if exc.is_auth_error else "is the API reachable?"
+        report(False, f"Crypto Pay getMe: {exc} ({hint})")
+    if me is not None:
+        for chat_id in config.club_chat_ids:
+            try:
+                chat = bot.get_chat(chat_id)
+                member = bot.get_chat_member(chat_id, me.id)
+            except Exception as exc:
+                report(False, f"chat {chat_id}: {classify(exc).description} (is the bot an admin there?)")
+                continue
+            missing = missing_rights(member, chat.type)
+            report(not missing, f"chat {chat_id} \"{chat.title}\" ({chat.type}): " + (
+                "the bot can invite and remove members" if not missing
+                else "; ".join(texts.t("en", key) for key in missing)))
+    if not config.webhook_url:
+        print("note  WEBHOOK_URL is not set: payments are found by polling only, up to POLL_INTERVAL late")
+    elif not config.webhook_url.startswith("https://"):
+        report(False, f"WEBHOOK_URL {config.webhook_url}: CryptoBot calls only https:// URLs")
+    else:
+        print(f"\nPaste this URL into @CryptoBot (Crypto Pay -> My Apps -> your app -> Webhooks):\n"
+              f"  {config.public_webhook_url}\n")
+    if problems:
+        print(f"{len(problems)} problem(s) found.")
+        return 1
+    print("All well.")
+    return 0
+
+
+def cmd_stats(config: Config, args: argparse.Namespace) -> int:
+    import admin
+
+    app = _open(config)
+    print(admin.stats_text(app.db, app.now(), "en"))
+    return 0
+
+
+def cmd_grant(config: Config, args: argparse.Namespace) -> int:
+    import admin
+
+    app = _open(config)
+    try:
+        print(admin.grant(app.db, args.user, args.duration, app.now(), "cli", "en"))
+    except admin.AdminError as error:
+        raise CommandError(error.text("en")) from None
+    print("The member is told by the running bot.")
+    return 0
+
+
+def cmd_revoke(config: Config, args: argparse.Namespace) -> int:
+    import admin
+
+    app = _open(config)
+    try:
+        print(admin.revoke(app.db, args.user, app.now(), "cli", "en"))
+    except admin.AdminError as error:
+        raise CommandError(error.text("en")) from None
+    return 0
+
+
+def cmd_export(config: Config, args: argparse.Namespace) -> int:
+    import admin
+
+    app = _open(config)
+
+    def progress(rows: int) -> None:
+        print(f"export: {rows} rows...", file=sys.stderr)
+
+    if not args.file or args.file == "-":
+        admin.write_csv(app.db, sys.stdout, progress)
+        return 0
+    target = Path(args.file)
+    partial = target.with_name(target.name + ".partial")
+    with partial.open("w", encoding="utf-8", newline="") as stream:
+        rows = admin.write_csv(app.db, stream, progress)
+    partial.replace(target)
+    print(f"export: {rows} rows written to {target}", file=sys.stderr)
+    return 0
+
+
+def cmd_backup(config: Config, args: argparse.Namespace) -> int:
+    app = _open(config)
+    target = Path(args.file)
+    if target.resolve() == config.database_path.resolve():
+        raise CommandError("backup: the target is the database itself")
+    partial = target.with_name(target.name + ".partial")
+    partial.unlink(missing_ok=True)
+    shown = [-1]
+
+    def progress(status: int, remaining: int, total: int) -> None:
+        percent = 100 * (total - remaining) // max(total, 1)
+        if percent // 10 != shown[0] // 10:
+            shown[0] = percent
+            print(f"backup: {percent}% of {total} pages", file=sys.stderr)
+
+    try:
+        app.db.backup(partial, progress)
+    except (sqlite3.Error, OSError) as exc:
+        partial.unlink(missing_ok=True)
+        raise CommandError(f"backup to {target} failed: {exc}") from None
+    partial.replace(target)
+    print(f"backup: {target} ({target.stat().st_size} bytes), consistent as of now", file=sys.stderr)
+    return 0
+
+
 def _open(config: Config) -> App:
     try:
         return build_app(config)
@@ -151,10 +284,24 @@ class CommandError(Exception):
 
 
 COMMANDS: dict[str, tuple[Callable[[Config, argparse.Namespace], int], str]] = {
-    "run": (cmd_run, "everything in one process: bot, HTTP server, poller, sender (the default)"),
+    "run": (cmd_run, "everything in one process: bot, HTTP server, poller, sweep, sender (the default)"),
     "bot": (cmd_bot, "everything but the HTTP server"),
     "webhook": (cmd_webhook, "the HTTP server alone (same as `python webhook_server.py`)"),
+    "check": (cmd_check, "check the config, both APIs and the bot's rights; print the webhook URL to paste"),
+    "stats": (cmd_stats, "members, revenue and pending invoices"),
+    "grant": (cmd_grant, "give a member time by hand: grant USER DURATION (USER: id or @username)"),
+    "revoke": (cmd_revoke, "end a member's time now and remove them: revoke USER"),
+    "export": (cmd_export, "members and payments as CSV, to FILE or stdout"),
+    "backup": (cmd_backup, "a consistent copy of the database, safe while the bot runs"),
     "ping-webhook": (cmd_ping_webhook, "send a correctly signed sample invoice_paid update and print the answer"),
+}
+ARGUMENTS = {
+    "ping-webhook": [("url", {"nargs": "?", "help": "webhook URL (default: the local server)"})],
+    "grant": [("user", {"help": "Telegram id or @username"}),
+              ("duration", {"help": "like 30d, 12h, 90m"})],
+    "revoke": [("user", {"help": "Telegram id or @username"})],
+    "export": [("file", {"nargs": "?", "help": "CSV file to write (default: stdout)"})],
+    "backup": [("file", {"help": "the copy to write"})],
 }
 
 
@@ -166,8 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_func, help_text) in COMMANDS.items():
         command = sub.add_parser(name, help=help_text, description=help_text)
-        if name == "ping-webhook":
-            command.add_argument("url", nargs="?", help="webhook URL (default: the local server)")
+        for argument, options in ARGUMENTS.get(name, []):
+            command.add_argument(argument, **options)
     return parser
 
 

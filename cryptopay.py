@@ -11,6 +11,7 @@ import hmac
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -69,6 +70,7 @@ class Invoice:
     pay_url: str | None
     paid_asset: str | None
     paid_amount: str | None
+    paid_at: int | None = None  # unix seconds, when Crypto Pay says it was paid
 
 
 def parse_invoice(obj: Any) -> Invoice:
@@ -102,6 +104,12 @@ def parse_invoice(obj: Any) -> Invoice:
     pay_url = obj.get("bot_invoice_url") or obj.get("pay_url")
     paid_asset = obj.get("paid_asset")
     paid_amount = obj.get("paid_amount")
+    paid_at = None
+    if isinstance(obj.get("paid_at"), str):
+        try:
+            paid_at = int(datetime.fromisoformat(obj["paid_at"].replace("Z", "+00:00")).timestamp())
+        except ValueError:
+            paid_at = None
     return Invoice(
         invoice_id=invoice_id,
         status=status,
@@ -112,6 +120,7 @@ def parse_invoice(obj: Any) -> Invoice:
         pay_url=pay_url if isinstance(pay_url, str) else None,
         paid_asset=paid_asset if isinstance(paid_asset, str) else None,
         paid_amount=paid_amount if isinstance(paid_amount, str) else None,
+        paid_at=paid_at,
     )
 
 

@@ -330,6 +330,29 @@ class Database:
                 enqueue(tx, "expired_notice", user_id, {"expires_at": expires_at, "chats": chats}, now,
                         PRIORITY_NORMAL, dedupe_key=f"expired:{user_id}:{expires_at}")
 
+    def alert_state(self, key: str, bad: bool, now: int, admin_ids: frozenset[int], kind: str,
+                    payload: dict, announce_recovery: bool = True) -> bool:
+        """Record a condition as bad or ok; alert admins once when it turns bad (and, if asked,
+        once when it is ok again). True when an alert was queued."""
+        new = "bad" if bad else "ok"
+        row = self.connect().execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
+        if row is not None and row[0] == new or row is None and not bad:
+            return False  # the common case, without a write
+        with self.transaction() as tx:
+            row = tx.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
+            old = row[0] if row else None
+            if old == new:
+                return False
+            tx.execute("INSERT INTO state (key, value) VALUES (?, ?) "
+                       "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, new))
+            if not bad and (old is None or not announce_recovery):
+                return False
+            _audit(tx, now, None, f"{key}_{new}", "scheduler", detail=payload)
+            for admin_id in sorted(admin_ids):
+                # The state change in this transaction is what makes the alert once.
+                enqueue(tx, kind, admin_id, {**payload, "bad": bad}, now, PRIORITY_NOW)
+            return True
+
     def rights_changed(self, chat_id: int, ok: bool, missing: list[str], now: int,
                        admin_ids: frozenset[int]) -> bool:
         """Record the bot's rights in a club chat; alert admins once per change.
@@ -350,11 +373,127 @@ class Database:
             _audit(tx, now, None, "bot_rights_" + new, "scheduler", detail={"chat_id": chat_id, "missing": missing})
             for admin_id in sorted(admin_ids):
                 enqueue(tx, "admin_rights", admin_id, {"chat_id": chat_id, "ok": ok, "missing": missing}, now,
-                        PRIORITY_NOW, dedupe_key=f"rights:{chat_id}:{new}:{now}:{admin_id}")
+                        PRIORITY_NOW)
             if ok:
                 tx.execute("UPDATE outbox SET next_attempt_at = ? WHERE status = 'pending' AND kind = 'expire'",
                            (now,))
             return True
+
+    # --- the owner's tools ---
+
+    def find_member(self, ref: str) -> sqlite3.Row | None:
+        """A member by Telegram id ('12345') or username ('@name', any case)."""
+        ref = ref.strip()
+        conn = self.connect()
+        if re.fullmatch(r"\d{1,15}", ref):
+            return conn.execute("SELECT * FROM members WHERE user_id = ?", (int(ref),)).fetchone()
+        if re.fullmatch(r"@?[A-Za-z0-9_]{3,32}", ref):
+            return conn.execute("SELECT * FROM members WHERE username = ? COLLATE NOCASE ORDER BY created_at DESC",
+                                (ref.lstrip("@"),)).fetchone()
+        return None
+
+    def grant(self, user_id: int, duration: int, now: int, by: str) -> int:
+        """Give a member time by hand (stacking like a payment); return the new expiry."""
+        with self.transaction() as tx:
+            tx.execute("INSERT INTO members (user_id, uuid, created_at) VALUES (?, ?, ?) "
+                       "ON CONFLICT (user_id) DO NOTHING", (user_id, str(uuid.uuid4()), now))
+            new_expiry = extend_subscription(tx, user_id, duration, now)
+            _audit(tx, now, user_id, "granted", "admin", detail={"duration": duration, "by": by,
+                                                                 "expires_at": new_expiry})
+            enqueue(tx, "granted", user_id, {"duration": duration, "expires_at": new_expiry}, now, PRIORITY_NOW)
+            return new_expiry
+
+    def revoke(self, user_id: int, now: int, by: str) -> bool:
+        """End a member's time now and queue the removal (no grace period); False if nothing to end."""
+        with self.transaction() as tx:
+            row = tx.execute("SELECT expires_at, removed_for FROM subscriptions WHERE user_id = ?",
+                             (user_id,)).fetchone()
+            if row is None or (row["expires_at"] <= now and row["removed_for"] == row["expires_at"]):
+                return False
+            tx.execute("UPDATE subscriptions SET expires_at = ?, removed_for = ?, updated_at = ? WHERE user_id = ?",
+                       (now, now, now, user_id))
+            _audit(tx, now, user_id, "revoked", "admin", detail={"by": by, "was_until": row["expires_at"]})
+            enqueue(tx, "expire", user_id, {"expires_at": now, "revoked": True}, now, PRIORITY_NOW,
+                    dedupe_key=f"revoke:{user_id}:{now}")
+            return True
+
+    def stats(self, now: int, days: int = 30) -> dict[str, Any]:
+        conn = self.connect()
+        one = lambda sql, *args: conn.execute(sql, args).fetchone()[0]  # noqa: E731
+        since = now - days * 86400
+        revenue: dict[str, Decimal] = {}
+        daily = [0] * days
+        for row in conn.execute("SELECT currency, amount, paid_at FROM invoices "
+                                "WHERE paid_at > ? AND status = 'paid'", (since,)):
+            revenue[row[0]] = revenue.get(row[0], Decimal(0)) + Decimal(row[1])
+            daily[min(days - 1, (row[2] - since) // 86400)] += 1
+        return {
+            "members": one("SELECT count(*) FROM members"),
+            "active": one("SELECT count(*) FROM subscriptions WHERE expires_at > ?", now),
+            "expiring": one("SELECT count(*) FROM subscriptions WHERE expires_at > ? AND expires_at <= ?",
+                            now, now + 7 * 86400),
+            "pending": one("SELECT count(*) FROM invoices WHERE status = 'pending'"),
+            "revenue": dict(sorted(revenue.items())),
+            "daily": daily,
+        }
+
+    def member_invoices(self, user_id: int, limit: int = 20) -> list[sqlite3.Row]:
+        return self.connect().execute(
+            "SELECT * FROM invoices WHERE user_id = ? ORDER BY id DESC LIMIT ?", (user_id, limit)).fetchall()
+
+    def member_audit(self, user_id: int, limit: int = 20) -> list[sqlite3.Row]:
+        return self.connect().execute(
+            "SELECT * FROM audit WHERE user_id = ? ORDER BY id DESC LIMIT ?", (user_id, limit)).fetchall()
+
+    def export_rows(self) -> Iterator[sqlite3.Row]:
+        """Every member with each of their invoices (members without one: a row with no invoice)."""
+        return self.connect().execute(
+            """SELECT m.user_id, m.username, m.first_name, m.language, m.created_at, s.expires_at,
+                      i.invoice_id, i.plan_id, i.amount, i.currency, i.status AS invoice_status,
+                      i.created_at AS invoice_created_at, i.paid_at, i.paid_asset, i.paid_amount, i.applied_by
+               FROM members m
+               LEFT JOIN subscriptions s ON s.user_id = m.user_id
+               LEFT JOIN invoices i ON i.user_id = m.user_id AND i.status != 'creating'
+               ORDER BY m.user_id, i.id""")
+
+    def count_rows(self, table: str) -> int:
+        if table not in ("members", "invoices", "subscriptions", "outbox", "audit"):
+            raise ValueError(table)
+        return self.connect().execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+
+    def start_broadcast(self, admin_chat: int, text: str, now: int) -> tuple[int, int]:
+        """Queue `text` to every member with time left; return (broadcast id, how many)."""
+        with self.transaction() as tx:
+            broadcast_id = tx.execute(
+                "INSERT INTO broadcasts (admin_chat, text, total, created_at) VALUES (?, ?, 0, ?)",
+                (admin_chat, text, now)).lastrowid
+            users = [row[0] for row in tx.execute(
+                "SELECT user_id FROM subscriptions WHERE expires_at > ? ORDER BY user_id", (now,))]
+            payload = json.dumps({"broadcast_id": broadcast_id}, sort_keys=True)
+            tx.executemany(
+                "INSERT INTO outbox (kind, chat_id, payload, priority, created_at, next_attempt_at, dedupe_key) "
+                "VALUES ('broadcast', ?, ?, ?, ?, ?, ?)",
+                [(user, payload, PRIORITY_BULK, now, now, f"broadcast:{broadcast_id}:{user}") for user in users])
+            tx.execute("UPDATE broadcasts SET total = ?, finished_at = CASE WHEN ? = 0 THEN ? END WHERE id = ?",
+                       (len(users), len(users), now, broadcast_id))
+            _audit(tx, now, None, "broadcast", "admin", detail={"broadcast_id": broadcast_id,
+                                                                "recipients": len(users)})
+        return broadcast_id, len(users)
+
+    def set_broadcast_message(self, broadcast_id: int, message_id: int) -> None:
+        with self.transaction() as tx:
+            tx.execute("UPDATE broadcasts SET message_id = ? WHERE id = ?", (message_id, broadcast_id))
+
+    def broadcast(self, broadcast_id: int) -> sqlite3.Row | None:
+        return self.connect().execute("SELECT * FROM broadcasts WHERE id = ?", (broadcast_id,)).fetchone()
+
+    def backup(self, target: Path, progress=None) -> None:
+        """sqlite's online backup: a consistent copy while the bot runs."""
+        destination = sqlite3.connect(target)
+        try:
+            self.connect().backup(destination, pages=1024, progress=progress)
+        finally:
+            destination.close()
 
     # --- join requests and invite links ---
 
@@ -418,12 +557,18 @@ class Database:
         return row[0]
 
     def message_done(self, message_id: int, status: str, now: int, error: str | None = None) -> None:
+        """Close an outbox row as sent or failed (a broadcast's counts move in the same transaction)."""
         with self.transaction() as tx:
-            tx.execute(
+            row = tx.execute(
                 """UPDATE outbox SET status = ?, done_at = ?, attempts = attempts + 1, last_error = ?
-                   WHERE id = ? AND status = 'pending'""",
+                   WHERE id = ? AND status = 'pending' RETURNING kind, payload""",
                 (status, now, error, message_id),
-            )
+            ).fetchone()
+            if row is not None and row["kind"] == "broadcast":
+                column = "sent" if status == "sent" else "failed"
+                tx.execute(f"""UPDATE broadcasts SET {column} = {column} + 1,
+                                 finished_at = CASE WHEN sent + failed + 1 >= total THEN ? END
+                               WHERE id = ?""", (now, json.loads(row["payload"])["broadcast_id"]))
 
     def message_retry(self, message_id: int, next_attempt_at: int, error: str, count_attempt: bool = True) -> None:
         with self.transaction() as tx:

@@ -1,10 +1,13 @@
 """The bot's handlers: plain functions, registered in one register_handlers(bot, app)."""
 from __future__ import annotations
 
+import io
 import logging
+from datetime import UTC, datetime
 
 from telebot import TeleBot, types
 
+import admin
 import texts
 from config import Plan
 from cryptopay import CryptoPayError
@@ -160,6 +163,68 @@ def on_join_request(app: App, request: types.ChatJoinRequest) -> None:
     app.wake_sender()
 
 
+ADMIN_COMMANDS = ["stats", "grant", "revoke", "user", "export", "broadcast"]
+
+
+def on_admin(app: App, message: types.Message) -> None:
+    """The admin commands; registered only for ADMIN_IDS, so to anyone else they do not exist."""
+    lang = _remember(app, message.from_user)
+    command, _, rest = (message.text or "").partition(" ")
+    command = command.lstrip("/").split("@")[0].lower()
+    args = rest.split()
+    now = app.now()
+    by = f"telegram:{message.from_user.id}"
+    try:
+        if command == "stats":
+            text = admin.stats_text(app.db, now, lang)
+        elif command == "grant":
+            if len(args) != 2:
+                raise admin.AdminError("admin_usage_grant")
+            text = admin.grant(app.db, args[0], args[1], now, by, lang)
+            app.wake_sender()
+        elif command == "revoke":
+            if len(args) != 1:
+                raise admin.AdminError("admin_usage_revoke")
+            text = admin.revoke(app.db, args[0], now, by, lang)
+            app.wake_sender()
+        elif command == "user":
+            if len(args) != 1:
+                raise admin.AdminError("admin_usage_user")
+            text = admin.user_text(app.db, args[0], now, lang)
+        elif command == "export":
+            _send_export(app, message.chat.id, lang)
+            return
+        else:  # broadcast
+            body = rest.strip()
+            if not body:
+                raise admin.AdminError("admin_usage_broadcast")
+            _start_broadcast(app, message.chat.id, body, lang)
+            return
+    except admin.AdminError as error:
+        text = error.text(lang)
+    _reply(app, message.chat.id, text)
+
+
+def _send_export(app: App, chat_id: int, lang: str) -> None:
+    buffer = io.StringIO()
+    admin.write_csv(app.db, buffer)
+    day = datetime.fromtimestamp(app.now(), UTC).strftime("%Y-%m-%d")
+    app.limiter.acquire(app.stop, chat_id=chat_id)
+    app.bot.send_document(chat_id, io.BytesIO(buffer.getvalue().encode("utf-8")),
+                          visible_file_name=f"clubbot-export-{day}.csv",
+                          caption=texts.t(lang, "admin_export_caption", date=day))
+
+
+def _start_broadcast(app: App, chat_id: int, body: str, lang: str) -> None:
+    broadcast_id, total = app.db.start_broadcast(chat_id, body, app.now())
+    app.limiter.acquire(app.stop, chat_id=chat_id)
+    key = "admin_broadcast_progress" if total else "admin_broadcast_done"
+    progress = app.bot.send_message(chat_id, texts.t(lang, key, total=total, sent=0, failed=0))
+    app.db.set_broadcast_message(broadcast_id, progress.message_id)
+    log.info("broadcast %s queued to %s members", broadcast_id, total)
+    app.wake_sender()
+
+
 def _guarded(app: App, handler):
     """Run a handler; one failing update is logged, not fatal."""
     def run(update):
@@ -177,6 +242,9 @@ def register_handlers(bot: TeleBot, app: App) -> None:
     bot.register_message_handler(_guarded(app, on_status), commands=["status"], chat_types=private)
     bot.register_message_handler(_guarded(app, on_help), commands=["help"], chat_types=private)
     bot.register_message_handler(_guarded(app, on_link), commands=["link"], chat_types=private)
+    bot.register_message_handler(
+        _guarded(app, on_admin), commands=ADMIN_COMMANDS, chat_types=private,
+        func=lambda m: m.from_user is not None and m.from_user.id in app.config.admin_ids)
     bot.register_message_handler(
         _guarded(app, on_unknown_command), chat_types=private,
         func=lambda m: bool(m.text) and m.text.startswith("/"))

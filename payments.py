@@ -16,6 +16,8 @@ log = logging.getLogger("clubbot.payments")
 REUSE_MARGIN = 5 * 60
 # A pending invoice that Crypto Pay no longer returns is given up this long after it expired.
 FORGET_AFTER = 86400
+# A payment the poller finds this long after it was made means its webhook is not coming.
+WEBHOOK_GRACE = 120
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,25 @@ class Purchase:
     invoice: sqlite3.Row | None = None  # the invoice to pay
     trial_expires_at: int | None = None  # a free plan started
     trial_refused: bool = False
+
+
+def note_crypto_pay(app: App, error: CryptoPayError | None) -> None:
+    """Alert admins once when Crypto Pay refuses the token, and once when it takes it again."""
+    if error is not None and not error.is_auth_error:
+        return  # an outage says nothing about the token
+    if app.db.alert_state("cryptopay_token", error is not None, app.now(), app.config.admin_ids, "admin_token",
+                          {"error": error.name if error else ""}):
+        log.error("Crypto Pay refuses CRYPTO_PAY_TOKEN (%s)" if error else "Crypto Pay accepts the token again",
+                  *([error.name] if error else []))
+        app.wake_sender()
+
+
+def note_webhook(app: App, arrived: bool, invoice_id: int) -> None:
+    """A payment the poller found first means webhooks are not arriving: alert admins once,
+    until a webhook arrives again."""
+    if app.db.alert_state("webhook", not arrived, app.now(), app.config.admin_ids, "admin_webhook",
+                          {"invoice_id": invoice_id}, announce_recovery=False):
+        app.wake_sender()
 
 
 def club_name(app: App) -> str:
@@ -63,7 +84,9 @@ def buy(app: App, user_id: int, plan: Plan, plan_title: str) -> Purchase:
     except CryptoPayError as exc:
         app.db.invoice_failed(payment_uuid)
         log.error("createInvoice failed for member %s, plan %s: %s", user_id, plan.id, exc)
+        note_crypto_pay(app, exc)
         raise
+    note_crypto_pay(app, None)
     app.db.invoice_created(payment_uuid, invoice.invoice_id, invoice.pay_url)
     log.info("invoice %s created: member %s, plan %s, %s %s", invoice.invoice_id, user_id, plan.id,
              plan.amount, plan.currency)
@@ -83,7 +106,9 @@ def check(app: App, payment_uuid: str, user_id: int) -> str:
         found = app.cryptopay.get_invoices([row["invoice_id"]])
     except CryptoPayError as exc:
         log.warning("check payment: getInvoices failed: %s", exc)
+        note_crypto_pay(app, exc)
         return "check_failed"
+    note_crypto_pay(app, None)
     invoice = next((i for i in found if i.invoice_id == row["invoice_id"]), None)
     if invoice is None:
         return "check_expired" if row["status"] != "pending" else "check_unknown"
@@ -107,7 +132,12 @@ def poll_once(app: App) -> int:
     pending = app.db.pending_invoice_ids()
     if not pending:
         return 0
-    invoices = app.cryptopay.get_invoices(pending)
+    try:
+        invoices = app.cryptopay.get_invoices(pending)
+    except CryptoPayError as exc:
+        note_crypto_pay(app, exc)
+        raise
+    note_crypto_pay(app, None)
     calls = -(-len(pending) // 1000)
     now = app.now()
     expired: list[int] = []
@@ -122,6 +152,9 @@ def poll_once(app: App) -> int:
                 continue
             if result.outcome is Outcome.APPLIED:
                 log.warning("poller: invoice %s was paid but its webhook has not arrived", invoice.invoice_id)
+                # A webhook may still be on its way for a payment of a moment ago.
+                if invoice.paid_at is None or now - invoice.paid_at > WEBHOOK_GRACE:
+                    note_webhook(app, False, invoice.invoice_id)
             log_applied(result.outcome, invoice.invoice_id, "poller", result.user_id, result.expires_at)
         elif invoice.status == "expired":
             expired.append(invoice.invoice_id)

@@ -120,3 +120,18 @@ CREATE TABLE state (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
+
+-- version: 3
+
+-- Broadcasts to active members: the admin's progress message and the counts.
+CREATE TABLE broadcasts (
+    id          INTEGER PRIMARY KEY,
+    admin_chat  INTEGER NOT NULL,
+    message_id  INTEGER,                         -- the progress message, edited as it goes
+    text        TEXT    NOT NULL,
+    total       INTEGER NOT NULL,
+    sent        INTEGER NOT NULL DEFAULT 0,
+    failed      INTEGER NOT NULL DEFAULT 0,
+    created_at  INTEGER NOT NULL,
+    finished_at INTEGER
+);

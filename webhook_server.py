@@ -17,7 +17,7 @@ import waitress
 
 from cryptopay import parse_invoice, signature_matches
 from db import Outcome
-from payments import log_applied
+from payments import log_applied, note_webhook
 from runtime import App
 
 log = logging.getLogger("clubbot.http")
@@ -121,6 +121,8 @@ def make_wsgi_app(app: App) -> Callable:
             log.error("webhook: invoice %s not applied, the database failed: %s", invoice.invoice_id, exc)
             return _error(start_response, 500, "database unavailable, retry later")
         log_applied(result.outcome, invoice.invoice_id, "webhook", result.user_id, result.expires_at)
+        if result.outcome is Outcome.APPLIED:
+            note_webhook(app, True, invoice.invoice_id)
         if result.outcome in (Outcome.APPLIED, Outcome.MISMATCH):
             app.wake_sender()
         return _respond(start_response, 200, {"ok": True})

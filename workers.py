@@ -41,6 +41,7 @@ class RemovalBlocked(Exception):
 NEVER_GIVE_UP = frozenset({"expire"})
 JOIN_REQUEST_WAIT = 86400  # a join request waits this long for a payment, then is declined
 ADMINS_TTL = 600  # seconds a club chat's admin list is trusted
+BROADCAST_EDIT_EVERY = 3.0  # seconds between edits of a broadcast's progress message
 
 
 class Sender:
@@ -63,7 +64,12 @@ class Sender:
             "expired_notice": self._expired_notice,
             "decline": self._decline,
             "admin_rights": self._admin_rights,
+            "granted": self._granted,
+            "broadcast": self._broadcast,
+            "admin_token": self._admin_token,
+            "admin_webhook": self._admin_webhook,
         }
+        self._broadcast_edits: dict[int, tuple[float, int]] = {}
         self._admins: dict[int, tuple[float, frozenset[int]]] = {}
 
     # --- the loop ---
@@ -109,33 +115,38 @@ class Sender:
             return
         self.db.message_done(row["id"], "sent", self.app.now())
         log.info("sent %s to %s (outbox %s)", row["kind"], row["chat_id"], row["id"])
+        if row["kind"] == "broadcast":
+            self._broadcast_progress(json.loads(row["payload"])["broadcast_id"])
 
     def _failed(self, row: sqlite3.Row, exc: Exception) -> None:
         failure = classify(exc)
         now = self.app.now()
         where = f"outbox {row['id']} ({row['kind']} to {row['chat_id']})"
         if isinstance(exc, RemovalBlocked):
-            delay = min(MAX_BACKOFF, 2 ** min(row["attempts"], 10))
-            self.db.message_retry(row["id"], now + delay, str(exc))
-            log.warning("%s: removal blocked (%s), retrying in %ss", where, exc, delay)
+            self._retry(row, now, str(exc), where)
             return
         if failure.kind == "flood":
             self.app.limiter.pause(failure.retry_after)
             self.db.message_retry(row["id"], now + failure.retry_after, failure.description, count_attempt=False)
             log.warning("%s: Telegram asks to wait %ss", where, failure.retry_after)
-        elif failure.kind == "blocked":
-            self.db.message_done(row["id"], "failed", now, failure.description)
+            return
+        if failure.kind == "blocked":
             log.warning("%s: given up, the member blocked the bot or left (%s)", where, failure.description)
         elif failure.kind == "rejected":
-            self.db.message_done(row["id"], "failed", now, failure.description)
             log.error("%s: Telegram refused it: %s", where, failure.description)
         elif now - row["created_at"] > GIVE_UP_AFTER and row["kind"] not in NEVER_GIVE_UP:
-            self.db.message_done(row["id"], "failed", now, failure.description)
             log.error("%s: given up after %d attempts: %s", where, row["attempts"] + 1, failure.description)
         else:
-            delay = min(MAX_BACKOFF, 2 ** min(row["attempts"], 10))
-            self.db.message_retry(row["id"], now + delay, failure.description)
-            log.warning("%s: failed (%s), retrying in %ss", where, failure.description, delay)
+            self._retry(row, now, failure.description, where)
+            return
+        self.db.message_done(row["id"], "failed", now, failure.description)
+        if row["kind"] == "broadcast":
+            self._broadcast_progress(json.loads(row["payload"])["broadcast_id"])
+
+    def _retry(self, row: sqlite3.Row, now: int, description: str, where: str) -> None:
+        delay = min(MAX_BACKOFF, 2 ** min(row["attempts"], 10))
+        self.db.message_retry(row["id"], now + delay, description)
+        log.warning("%s: failed (%s), retrying in %ss", where, description, delay)
 
     def call(self, method, *args, **kwargs):
         """One Bot API call through the shared rate budget."""
@@ -272,7 +283,8 @@ class Sender:
         """Remove the member from every club chat (the ban lifted again); the notice is queued after."""
         now = self.app.now()
         expires_at = self.db.expires_at(user_id)
-        if expires_at is not None and expires_at + self.app.config.grace_period > now:
+        grace = 0 if payload.get("revoked") else self.app.config.grace_period
+        if expires_at is not None and expires_at + grace > now:
             log.info("member %s renewed before removal; nothing to do", user_id)
             return
         removed = []
@@ -345,6 +357,57 @@ class Sender:
             return
         log.info("join request of member %s to chat %s declined: not paid within a day", user_id,
                  payload["chat_id"])
+
+    def _granted(self, user_id: int, payload: dict) -> None:
+        lang = member_language(self.app, user_id)
+        now = self.app.now()
+        expires_at = self.db.expires_at(user_id) or payload["expires_at"]
+        if expires_at <= now:
+            return  # revoked again meanwhile
+        header = texts.t(lang, "granted", duration=texts.duration_text(payload["duration"], lang),
+                         date=texts.format_date(expires_at, lang), days_left=texts.days_left(expires_at, now, lang))
+        self._send_way_in(user_id, lang, header)
+
+    def _broadcast(self, user_id: int, payload: dict) -> None:
+        broadcast = self.db.broadcast(payload["broadcast_id"])
+        self.send(user_id, broadcast["text"])
+
+    def _broadcast_progress(self, broadcast_id: int) -> None:
+        """Edit the admin's progress message: every few seconds, and at the end."""
+        broadcast = self.db.broadcast(broadcast_id)
+        if broadcast is None or broadcast["message_id"] is None:
+            return
+        done = broadcast["sent"] + broadcast["failed"]
+        finished = done >= broadcast["total"]
+        last_edit, last_done = self._broadcast_edits.get(broadcast_id, (0.0, 0))
+        if not finished and (time.monotonic() - last_edit < BROADCAST_EDIT_EVERY or done == last_done):
+            return
+        self._broadcast_edits[broadcast_id] = (time.monotonic(), done)
+        lang = member_language(self.app, broadcast["admin_chat"])
+        key = "admin_broadcast_done" if finished else "admin_broadcast_progress"
+        text = texts.t(lang, key, total=broadcast["total"], sent=broadcast["sent"], failed=broadcast["failed"])
+        try:
+            self.call(self.bot.edit_message_text, text, broadcast["admin_chat"], broadcast["message_id"])
+        except Stopping:
+            raise
+        except Exception as exc:  # a progress message is not worth a retry
+            log.info("broadcast %s: progress not shown: %s", broadcast_id, classify(exc).description)
+        if finished:
+            self._broadcast_edits.pop(broadcast_id, None)
+            log.info("broadcast %s finished: %s sent, %s failed", broadcast_id, broadcast["sent"],
+                     broadcast["failed"])
+
+    def _admin_token(self, admin_id: int, payload: dict) -> None:
+        lang = member_language(self.app, admin_id)
+        if payload["bad"]:
+            self.send(admin_id, texts.t(lang, "admin_alert_token", error=payload.get("error", "")))
+        else:
+            self.send(admin_id, texts.t(lang, "admin_alert_token_back"))
+
+    def _admin_webhook(self, admin_id: int, payload: dict) -> None:
+        lang = member_language(self.app, admin_id)
+        url = self.app.config.public_webhook_url or "https://your-domain.com/webhook/cryptobot"
+        self.send(admin_id, texts.t(lang, "admin_alert_webhook", invoice_id=payload.get("invoice_id"), url=url))
 
     def _admin_rights(self, admin_id: int, payload: dict) -> None:
         lang = member_language(self.app, admin_id)

@@ -42,8 +42,11 @@ class FakeServer:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
                 if raw:
-                    if (self.headers.get("Content-Type") or "").startswith("application/json"):
+                    content_type = self.headers.get("Content-Type") or ""
+                    if content_type.startswith("application/json"):
                         params.update(json.loads(raw))
+                    elif content_type.startswith("multipart/form-data"):
+                        params["_raw"] = raw
                     else:
                         params.update(dict(parse_qsl(raw.decode())))
                 status, body = fake.dispatch(parts.path, params, self.headers)
@@ -152,6 +155,13 @@ class FakeTelegram(FakeServer):
                 elif (chat_id, user_id) in self.banned:
                     self.banned.discard((chat_id, user_id))
                     self.removed.append((chat_id, user_id))
+        elif method == "sendDocument":
+            result = {"message_id": next(self.message_ids), "date": int(time.time()),
+                      "chat": {"id": int(params["chat_id"]), "type": "private"},
+                      "document": {"file_id": "f1", "file_unique_id": "u1"}}
+        elif method == "editMessageText":
+            result = {"message_id": int(params["message_id"]), "date": int(time.time()),
+                      "chat": {"id": int(params["chat_id"]), "type": "private"}, "text": params.get("text", "")}
         elif method == "getChatAdministrators":
             chat_id = int(params["chat_id"])
             if chat_id in self.rights_lost:
