@@ -295,6 +295,7 @@ COMMANDS: dict[str, tuple[Callable[[Config, argparse.Namespace], int], str]] = {
     "backup": (cmd_backup, "a consistent copy of the database, safe while the bot runs"),
     "ping-webhook": (cmd_ping_webhook, "send a correctly signed sample invoice_paid update and print the answer"),
 }
+SERVICES = ("run", "bot", "webhook")
 ARGUMENTS = {
     "ping-webhook": [("url", {"nargs": "?", "help": "webhook URL (default: the local server)"})],
     "grant": [("user", {"help": "Telegram id or @username"}),
@@ -326,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"clubbot: config error: {exc}", file=sys.stderr)
         return 2
-    setup_logging(config)
+    # The services log to LOG_FILE too; the owner's tools speak on the terminal only.
+    setup_logging(config, to_file=command in SERVICES)
     try:
         return COMMANDS[command][0](config, args)
     except CommandError as exc:

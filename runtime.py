@@ -48,18 +48,19 @@ class RedactingFormatter(logging.Formatter):
         return text
 
 
-def setup_logging(config: Config, stream: Any = None) -> None:
-    """Log to the rotating LOG_FILE and to stderr, secrets redacted, one line per event."""
-    config.log_file.parent.mkdir(parents=True, exist_ok=True)
+def setup_logging(config: Config, stream: Any = None, to_file: bool = True) -> None:
+    """Log to the rotating LOG_FILE (the services) and to stderr, secrets redacted, one line per event."""
     formatter = RedactingFormatter(config.secrets)
-    file_handler = logging.handlers.RotatingFileHandler(
-        config.log_file, maxBytes=10 * 1024 * 1024, backupCount=5, encoding="utf-8")
-    stream_handler = logging.StreamHandler(stream or sys.stderr)
+    handlers: list[logging.Handler] = [logging.StreamHandler(stream or sys.stderr)]
+    if to_file:
+        config.log_file.parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.handlers.RotatingFileHandler(
+            config.log_file, maxBytes=10 * 1024 * 1024, backupCount=5, encoding="utf-8"))
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
         handler.close()
-    for handler in (file_handler, stream_handler):
+    for handler in handlers:
         handler.setFormatter(formatter)
         root.addHandler(handler)
     root.setLevel(config.log_level)
