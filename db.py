@@ -25,6 +25,10 @@ from cryptopay import Invoice
 SCHEMA_PATH = Path(__file__).with_name("schema.sql")
 BUSY_TIMEOUT_MS = 5000
 
+# Members with time left all match this, and it lets queries by expiry use the
+# subscriptions_unhandled index.
+ACTIVE = "removed_for IS NOT expires_at"
+
 # Outbox priorities: lower goes first.
 PRIORITY_NOW = 0  # activations, approvals: a member is waiting
 PRIORITY_NORMAL = 5  # alerts, reminders, removals
@@ -56,7 +60,10 @@ class Database:
             conn.row_factory = sqlite3.Row
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             conn.execute("PRAGMA foreign_keys = ON")
-            conn.execute("PRAGMA synchronous = FULL")
+            # WAL with NORMAL survives a crash of the process; a power cut may drop the last
+            # commits, and then the poller finds those payments again as pending and paid.
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA wal_autocheckpoint = 4000")
             self._local.conn = conn
         return conn
 
@@ -241,9 +248,10 @@ class Database:
             new_expiry = extend_subscription(tx, user_id, row["duration"], now)
             _audit(tx, now, user_id, "payment_applied", cause, paid.invoice_id,
                    {**detail, "expires_at": new_expiry})
+            # No dedupe key: the invoice's step to paid above already happens once.
             enqueue(tx, "activated", user_id,
                     {"payment_uuid": row["payment_uuid"], "plan": row["plan_id"], "expires_at": new_expiry},
-                    now, PRIORITY_NOW, dedupe_key=f"activated:{row['payment_uuid']}")
+                    now, PRIORITY_NOW)
             return ApplyResult(Outcome.APPLIED, user_id=user_id, expires_at=new_expiry)
 
     def claim_trial(self, user_id: int, plan_id: str, duration: int, now: int) -> int | None:
@@ -274,7 +282,8 @@ class Database:
             for point in sorted(points):
                 rows = tx.execute(
                     """SELECT s.user_id, s.expires_at FROM subscriptions s
-                       WHERE s.expires_at > ? AND s.expires_at <= ? AND s.expires_at - ? > s.updated_at
+                       WHERE s.removed_for IS NOT s.expires_at
+                         AND s.expires_at > ? AND s.expires_at <= ? AND s.expires_at - ? > s.updated_at
                          AND NOT EXISTS (SELECT 1 FROM reminders r WHERE r.user_id = s.user_id
                                          AND r.expires_at = s.expires_at AND r.point = ?)
                        LIMIT ?""",
@@ -429,9 +438,9 @@ class Database:
             daily[min(days - 1, (row[2] - since) // 86400)] += 1
         return {
             "members": one("SELECT count(*) FROM members"),
-            "active": one("SELECT count(*) FROM subscriptions WHERE expires_at > ?", now),
-            "expiring": one("SELECT count(*) FROM subscriptions WHERE expires_at > ? AND expires_at <= ?",
-                            now, now + 7 * 86400),
+            "active": one(f"SELECT count(*) FROM subscriptions WHERE {ACTIVE} AND expires_at > ?", now),
+            "expiring": one(f"SELECT count(*) FROM subscriptions WHERE {ACTIVE} AND expires_at > ? "
+                            "AND expires_at <= ?", now, now + 7 * 86400),
             "pending": one("SELECT count(*) FROM invoices WHERE status = 'pending'"),
             "revenue": dict(sorted(revenue.items())),
             "daily": daily,
@@ -468,7 +477,7 @@ class Database:
                 "INSERT INTO broadcasts (admin_chat, text, total, created_at) VALUES (?, ?, 0, ?)",
                 (admin_chat, text, now)).lastrowid
             users = [row[0] for row in tx.execute(
-                "SELECT user_id FROM subscriptions WHERE expires_at > ? ORDER BY user_id", (now,))]
+                f"SELECT user_id FROM subscriptions WHERE {ACTIVE} AND expires_at > ? ORDER BY user_id", (now,))]
             payload = json.dumps({"broadcast_id": broadcast_id}, sort_keys=True)
             tx.executemany(
                 "INSERT INTO outbox (kind, chat_id, payload, priority, created_at, next_attempt_at, dedupe_key) "
@@ -616,7 +625,7 @@ def enqueue(tx: sqlite3.Connection, kind: str, chat_id: int, payload: dict, now:
     """Queue Telegram work; False if a row with this dedupe_key already exists."""
     cursor = tx.execute(
         """INSERT INTO outbox (kind, chat_id, payload, priority, created_at, next_attempt_at, dedupe_key)
-           VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (dedupe_key) DO NOTHING""",
+           VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (dedupe_key) WHERE dedupe_key IS NOT NULL DO NOTHING""",
         (kind, chat_id, json.dumps(payload, sort_keys=True), priority, now, now, dedupe_key),
     )
     return cursor.rowcount == 1
@@ -624,20 +633,15 @@ def enqueue(tx: sqlite3.Connection, kind: str, chat_id: int, payload: dict, now:
 
 def extend_subscription(tx: sqlite3.Connection, user_id: int, duration: int, now: int) -> int:
     """New expiry = max(now, current expiry) + duration: early renewal stacks, late starts now."""
-    row = tx.execute("SELECT expires_at FROM subscriptions WHERE user_id = ?", (user_id,)).fetchone()
-    if row is None:
-        new_expiry = now + duration
-        tx.execute("INSERT INTO subscriptions (user_id, expires_at, period_start, updated_at) VALUES (?, ?, ?, ?)",
-                   (user_id, new_expiry, now, now))
-    elif row["expires_at"] > now:
-        new_expiry = row["expires_at"] + duration
-        tx.execute("UPDATE subscriptions SET expires_at = ?, updated_at = ? WHERE user_id = ?",
-                   (new_expiry, now, user_id))
-    else:
-        new_expiry = now + duration
-        tx.execute("UPDATE subscriptions SET expires_at = ?, period_start = ?, updated_at = ? WHERE user_id = ?",
-                   (new_expiry, now, now, user_id))
-    return new_expiry
+    return tx.execute(
+        """INSERT INTO subscriptions (user_id, expires_at, period_start, updated_at) VALUES (?1, ?2 + ?3, ?2, ?2)
+           ON CONFLICT (user_id) DO UPDATE SET
+             period_start = CASE WHEN expires_at > ?2 THEN period_start ELSE ?2 END,
+             expires_at = max(expires_at, ?2) + ?3,
+             updated_at = ?2
+           RETURNING expires_at""",
+        (user_id, now, duration),
+    ).fetchone()[0]
 
 
 def _expiry(tx: sqlite3.Connection, user_id: int) -> int | None:

@@ -37,7 +37,7 @@ CREATE TABLE invoices (
     applied_by    TEXT                           -- webhook, poller, button
 );
 CREATE INDEX invoices_open ON invoices(status) WHERE status IN ('creating', 'pending');
-CREATE INDEX invoices_member ON invoices(user_id, plan_id, status);
+CREATE INDEX invoices_member ON invoices(user_id);
 CREATE INDEX invoices_paid_at ON invoices(paid_at) WHERE paid_at IS NOT NULL;
 
 -- The member's paid time; one row a member, for all club chats.
@@ -47,7 +47,6 @@ CREATE TABLE subscriptions (
     period_start INTEGER NOT NULL,               -- start of the current unbroken membership
     updated_at   INTEGER NOT NULL
 );
-CREATE INDEX subscriptions_expiry ON subscriptions(expires_at);
 
 -- Join requests to club chats, so that a payment can approve a waiting one.
 CREATE TABLE join_requests (
@@ -84,9 +83,10 @@ CREATE TABLE outbox (
     next_attempt_at INTEGER NOT NULL,
     done_at         INTEGER,
     last_error      TEXT,
-    dedupe_key      TEXT UNIQUE
+    dedupe_key      TEXT                         -- work that must be queued once, whoever queues it
 );
 CREATE INDEX outbox_due ON outbox(priority, next_attempt_at) WHERE status = 'pending';
+CREATE UNIQUE INDEX outbox_dedupe ON outbox(dedupe_key) WHERE dedupe_key IS NOT NULL;
 
 -- Every change of money or access, with its cause.
 CREATE TABLE audit (
@@ -104,6 +104,8 @@ CREATE INDEX audit_member ON audit(user_id, at);
 
 -- Which expiry of the member's the removal was queued for (NULL: none yet).
 ALTER TABLE subscriptions ADD COLUMN removed_for INTEGER;
+-- Every member with time left, and every one whose removal is still to queue; queries
+-- by expiry repeat its condition. One index instead of two: each activation writes it.
 CREATE INDEX subscriptions_unhandled ON subscriptions(expires_at) WHERE removed_for IS NOT expires_at;
 
 -- Reminders sent, once per point before each expiry.

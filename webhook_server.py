@@ -83,21 +83,24 @@ def make_wsgi_app(app: App) -> Callable:
     def webhook(environ: dict, start_response: StartResponse) -> list[bytes]:
         client = environ.get("REMOTE_ADDR", "?")
         given = environ.get("HTTP_CRYPTO_PAY_API_SIGNATURE")
-        log.info("webhook received from %s (%s bytes)", client, environ.get("CONTENT_LENGTH") or "?")
+        size = environ.get("CONTENT_LENGTH") or "?"
         try:
             body = _read_body(environ)
         except ValueError:
+            log.warning("webhook received from %s: bad Content-Length", client)
             return _error(start_response, 400, "bad Content-Length")
+        # One line for the arrival and its signature check.
         if not given:
-            log.warning("webhook from %s: signature missing", client)
+            log.warning("webhook received from %s (%s bytes): signature missing", client, size)
             return _error(start_response, 401, "missing crypto-pay-api-signature")
         if body is None:
-            log.warning("webhook from %s: body over %d bytes", client, MAX_BODY)
+            log.warning("webhook received from %s (%s bytes): body over %d bytes", client, size, MAX_BODY)
             return _error(start_response, 413, f"body over {MAX_BODY} bytes")
         if not signature_matches(token, body, given):
-            log.warning("webhook from %s: signature check failed (got %.8s...)", client, given)
+            log.warning("webhook received from %s (%s bytes): signature check failed (got %.8s...)",
+                        client, size, given)
             return _error(start_response, 401, "bad signature")
-        log.info("webhook from %s: signature check passed", client)
+        log.info("webhook received from %s (%s bytes): signature check passed", client, size)
         try:
             update = json.loads(body)
         except ValueError:
