@@ -26,6 +26,8 @@ from runtime import App, build_app, setup_logging
 log = logging.getLogger("clubbot")
 
 STOP_HTTP_SECONDS = 4
+# Bot API calls in flight at once (to different chats), within the shared TELEGRAM_RATE.
+SENDER_LANES = 4
 STOP_UPDATES_SECONDS = 2
 
 
@@ -62,7 +64,7 @@ def serve(app: App, with_bot: bool, with_http: bool) -> int:
         register_handlers(app.bot, app)
         _learn_bot(app)
         updates = UpdatePoller(app)
-        workers = [start_thread("sender", Sender(app).run), start_thread("poller", Poller(app).run),
+        workers = [start_thread("sender", Sender(app, lanes=SENDER_LANES).run), start_thread("poller", Poller(app).run),
                    start_thread("sweeper", Sweeper(app).run), start_thread("updates", updates.run)]
     log.info("ClubBot started (%s)", " + ".join(
         name for name, on in (("bot", with_bot), ("HTTP server", with_http)) if on))

@@ -39,8 +39,8 @@ class RateLimiter:
                  monotonic: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float, threading.Event | None], bool] | None = None):
         self.rate = rate
-        # A small burst: a full second's worth at once, on top of the steady rate,
-        # would overrun Telegram's own per-second window.
+        # A small burst: a full second's worth at once, on top of the steady rate, would
+        # overrun Telegram's own per-second window (30 calls; the default rate is 25).
         self.capacity = max(1.0, burst if burst is not None else rate * 0.2)
         self._monotonic = monotonic
         self._sleep = sleep or _sleep

@@ -47,10 +47,11 @@ BROADCAST_EDIT_EVERY = 3.0  # seconds between edits of a broadcast's progress me
 class Sender:
     """Does the outbox's work through the Bot API, at least once per row, in order of priority."""
 
-    def __init__(self, app: App):
+    def __init__(self, app: App, lanes: int = 1):
         self.app = app
         self.db: Database = app.db
         self.bot = app.bot
+        self.lanes = lanes
         self.kinds = {
             "activated": self._activated,
             "way_in": self._way_in_message,
@@ -87,14 +88,35 @@ class Sender:
                 self.app.outbox_ready.clear()
         log.info("sender stopped")
 
-    def run_once(self, limit: int = 50) -> int:
-        """Deliver what is due now; return how many rows were tried."""
+    def run_once(self, limit: int = 200) -> int:
+        """Deliver what is due now; return how many rows were tried.
+
+        With several lanes, rows are split by recipient, so one chat's messages keep
+        their order while Bot API round trips to different chats overlap.
+        """
         rows = self.db.due_messages(self.app.now(), limit)
+        if self.lanes == 1 or len(rows) < 2:
+            self._deliver_all(rows)
+            return len(rows)
+        lanes: dict[int, list[sqlite3.Row]] = {}
+        for row in rows:
+            lanes.setdefault(row["chat_id"] % self.lanes, []).append(row)
+        threads = [threading.Thread(target=self._deliver_all, args=(lane,), name="sender-lane", daemon=True)
+                   for lane in lanes.values()]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return len(rows)
+
+    def _deliver_all(self, rows: list[sqlite3.Row]) -> None:
         for row in rows:
             if self.app.stop.is_set():
                 break
-            self.deliver(row)
-        return len(rows)
+            try:
+                self.deliver(row)
+            except Exception:  # one bad row must not stop the rest
+                log.exception("outbox %s: delivery failed", row["id"])
 
     def deliver(self, row: sqlite3.Row) -> None:
         now = self.app.now()

@@ -26,6 +26,9 @@ class FakeServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body go out in two writes; with Nagle's algorithm on, the body
+            # would wait for the client's delayed ACK (~40 ms a call).
+            disable_nagle_algorithm = True
 
             def log_message(self, *args):
                 pass
@@ -113,6 +116,9 @@ class FakeTelegram(FakeServer):
         self.owners: dict[int, int] = {}  # chat -> its owner's user id
         self.admins: dict[int, list[int]] = {}  # chat -> other admins' user ids
         self.rights_lost: set[int] = set()  # chats where the bot is no longer an admin
+        self.rate_limit: int | None = None  # calls allowed in any one second; beyond: 429
+        self.too_many = 0
+        self._window: list[float] = []
         super().__init__()
 
     def push_update(self, update: dict) -> dict:
@@ -124,6 +130,15 @@ class FakeTelegram(FakeServer):
     def dispatch(self, path: str, params: dict, headers) -> tuple[int, object]:
         if not path.startswith(f"/bot{self.token}/"):
             return 401, {"ok": False, "error_code": 401, "description": "Unauthorized"}
+        if self.rate_limit and not path.endswith("/getUpdates"):
+            now = time.monotonic()
+            with self.lock:
+                self._window = [t for t in self._window if t > now - 1.0]
+                if len(self._window) >= self.rate_limit:
+                    self.too_many += 1
+                    return 429, {"ok": False, "error_code": 429, "description": "Too Many Requests: retry after 1",
+                                 "parameters": {"retry_after": 1}}
+                self._window.append(now)
         return super().dispatch(path, params, headers)
 
     def answer(self, method: str, params: dict, headers) -> tuple[int, object]:
