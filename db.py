@@ -431,11 +431,15 @@ class Database:
         one = lambda sql, *args: conn.execute(sql, args).fetchone()[0]  # noqa: E731
         since = now - days * 86400
         revenue: dict[str, Decimal] = {}
+        for currency, amount, count in conn.execute(
+                "SELECT currency, amount, count(*) FROM invoices WHERE status = 'paid' AND paid_at > ? "
+                "GROUP BY currency, amount", (since,)):
+            revenue[currency] = revenue.get(currency, Decimal(0)) + Decimal(amount) * count  # exact
         daily = [0] * days
-        for row in conn.execute("SELECT currency, amount, paid_at FROM invoices "
-                                "WHERE paid_at > ? AND status = 'paid'", (since,)):
-            revenue[row[0]] = revenue.get(row[0], Decimal(0)) + Decimal(row[1])
-            daily[min(days - 1, (row[2] - since) // 86400)] += 1
+        for day, count in conn.execute(
+                "SELECT (paid_at - ?) / 86400, count(*) FROM invoices WHERE status = 'paid' AND paid_at > ? "
+                "GROUP BY 1", (since, since)):
+            daily[min(days - 1, day)] += count
         return {
             "members": one("SELECT count(*) FROM members"),
             "active": one(f"SELECT count(*) FROM subscriptions WHERE {ACTIVE} AND expires_at > ?", now),
