@@ -1,0 +1,150 @@
+"""Fuzzing with hypothesis: bad input never gets a 5xx, never changes the database, never crashes."""
+import io
+import json
+import logging
+import socket
+import string
+import time
+
+import pytest
+import requests
+from conftest import PAY_TOKEN, START
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from telebot import types
+
+import config as config_module
+from config import SETTINGS, ConfigError
+from cryptopay import signature
+from handlers import register_handlers
+from webhook_server import make_wsgi_app
+
+FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    max_leaves=12)
+invoice_like = st.fixed_dictionaries({}, optional={
+    "invoice_id": st.integers(-5, 10**12) | st.text(max_size=5) | st.none(),
+    "status": st.sampled_from(["paid", "active", "expired", "PAID", ""]) | json_values,
+    "asset": st.sampled_from(["USDT", "TON", ""]) | json_values,
+    "fiat": st.sampled_from(["USD", ""]) | json_values,
+    "currency_type": st.sampled_from(["crypto", "fiat", "x"]) | json_values,
+    "amount": st.sampled_from(["5", "5.00", "-1", "1e999", "NaN", "Infinity", "", "0x10"]) | json_values,
+    "payload": st.text(max_size=40) | json_values,
+    "paid_at": st.sampled_from(["2026-01-01T00:00:00Z", "yesterday", ""]) | json_values,
+})
+updates = st.fixed_dictionaries({}, optional={
+    "update_id": json_values, "update_type": st.sampled_from(["invoice_paid", "other"]) | json_values,
+    "request_date": json_values, "payload": invoice_like | json_values,
+})
+
+
+def snapshot(app) -> list:
+    conn = app.db.connect()
+    return [conn.execute(f"SELECT * FROM {table}").fetchall() for table in
+            ("members", "invoices", "subscriptions", "outbox", "audit", "state")]
+
+
+def call(wsgi, method: str, body: bytes, headers: dict) -> int:
+    environ = {"REQUEST_METHOD": method, "SCRIPT_NAME": "", "PATH_INFO": "/webhook/cryptobot", "QUERY_STRING": "",
+               "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "8000", "SERVER_PROTOCOL": "HTTP/1.1",
+               "REMOTE_ADDR": "127.0.0.1", "CONTENT_LENGTH": str(len(body)), "wsgi.input": io.BytesIO(body),
+               "wsgi.url_scheme": "http", "wsgi.errors": io.StringIO(), "wsgi.version": (1, 0),
+               "wsgi.multithread": True, "wsgi.multiprocess": False, "wsgi.run_once": False, **headers}
+    statuses = []
+    b"".join(wsgi(environ, lambda status, headers, exc_info=None: statuses.append(status)))
+    return int(statuses[0].split()[0])
+
+
+@pytest.fixture
+def wsgi(app):
+    app.db.upsert_member(501, "m", "M", "en", app.now())  # a member, but no invoice is ours
+    return make_wsgi_app(app)
+
+
+@FUZZ
+@given(body=st.binary(max_size=300), header=st.text(max_size=80) | st.none())
+def test_any_unsigned_or_badly_signed_body_is_refused_and_changes_nothing(app, wsgi, body, header):
+    before = snapshot(app)
+    headers = {} if header is None else {"HTTP_CRYPTO_PAY_API_SIGNATURE": header}
+    assert call(wsgi, "POST", body, headers) == 401
+    assert snapshot(app) == before
+
+
+@FUZZ
+@given(update=updates | json_values)
+def test_any_signed_update_gets_200_or_400_and_changes_nothing(app, wsgi, update):
+    body = json.dumps(update).encode()
+    before = snapshot(app)
+    status = call(wsgi, "POST", body, {"HTTP_CRYPTO_PAY_API_SIGNATURE": signature(PAY_TOKEN, body)})
+    assert status in (200, 400)
+    assert snapshot(app) == before  # none of these invoices is ours
+
+
+@FUZZ
+@given(body=st.binary(max_size=200))
+def test_signed_garbage_is_400(app, wsgi, body):
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        parsed = None
+    status = call(wsgi, "POST", body, {"HTTP_CRYPTO_PAY_API_SIGNATURE": signature(PAY_TOKEN, body)})
+    if not isinstance(parsed, dict):
+        assert status == 400
+    assert status < 500
+
+
+@FUZZ
+@given(name=st.sampled_from(sorted(SETTINGS)), value=st.text(alphabet=string.printable, max_size=40))
+def test_any_config_value_is_taken_or_refused_with_its_name(env, name, value):
+    try:
+        config_module.load({**env, name: value}, env_file=None)
+    except ConfigError as error:
+        assert error.name == name
+        assert "\n" not in str(error) or "\n" in value
+
+
+@FUZZ
+@given(text=st.text(max_size=60), data=st.text(max_size=64), lang=st.sampled_from(["ru", "en", "de", None]))
+def test_any_message_or_button_is_answered_without_a_crash(app, telegram, text, data, lang, caplog):
+    if not getattr(app, "_registered", False):
+        register_handlers(app.bot, app)
+        app._registered = True
+    person = {"id": 501, "is_bot": False, "first_name": "M", **({"language_code": lang} if lang else {})}
+    message = {"message_id": 1, "date": START, "chat": {"id": 501, "type": "private"}, "from": person,
+               "text": text or "/"}
+    if message["text"].startswith("/"):
+        message["entities"] = [{"type": "bot_command", "offset": 0,
+                                "length": len(message["text"].split(" ")[0]) or 1}]
+    query = {"id": "q", "from": person, "chat_instance": "c", "data": data}
+    subscriptions_before = app.db.connect().execute("SELECT * FROM subscriptions").fetchall()
+    with caplog.at_level(logging.ERROR):
+        app.bot.process_new_updates([types.Update.de_json({"update_id": 1, "message": message}),
+                                     types.Update.de_json({"update_id": 2, "callback_query": query})])
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    if not data.startswith(("plan:trial", "check:")):
+        assert app.db.connect().execute("SELECT * FROM subscriptions").fetchall() == subscriptions_before
+
+
+def test_slow_clients_do_not_hold_up_others(server):
+    """20 clients that send a request a byte at a time, bounded in count and time."""
+    host, port = server.removeprefix("http://").split(":")
+    slow = []
+    try:
+        for _ in range(20):
+            sock = socket.create_connection((host, int(port)), timeout=5)
+            sock.sendall(b"POST /webhook/cryptobot HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{")
+            slow.append(sock)
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            for sock in slow:
+                sock.sendall(b" ")
+            started = time.monotonic()
+            assert requests.get(server + "/health", timeout=5).status_code == 200
+            assert time.monotonic() - started < 0.5
+            time.sleep(0.1)
+    finally:
+        for sock in slow:
+            sock.close()
