@@ -37,3 +37,26 @@ def test_a_port_in_use_is_one_line_and_exit_1(tmp_path, env):
         _, err = process.communicate(timeout=20)
     assert process.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in err and "Traceback" not in err
+
+
+def test_the_log_file_rotates_by_size_and_keeps_five(tmp_path):
+    from runtime import LogHandler
+
+    path = tmp_path / "clubbot.log"
+    handler = LogHandler(path, io.StringIO(), max_bytes=1000, backups=5)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log = logging.getLogger("clubbot.rotation-test")
+    log.propagate = False
+    log.addHandler(handler)
+    try:
+        for n in range(200):
+            log.warning("line %03d %s", n, "x" * 40)
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["clubbot.log", "clubbot.log.1", "clubbot.log.2", "clubbot.log.3", "clubbot.log.4",
+                     "clubbot.log.5"]
+    assert all(p.stat().st_size <= 1000 for p in tmp_path.iterdir())
+    assert path.read_text().splitlines()[-1].startswith("line 199")
+    assert (tmp_path / "clubbot.log.1").read_text().splitlines()[-1] < path.read_text().splitlines()[0]
