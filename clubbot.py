@@ -25,6 +25,7 @@ from runtime import App, build_app, setup_logging
 
 log = logging.getLogger("clubbot")
 
+STOP_SECONDS = 8.5
 STOP_HTTP_SECONDS = 4
 # Bot API calls in flight at once (to different chats), within the shared TELEGRAM_RATE.
 SENDER_LANES = 4
@@ -70,12 +71,14 @@ def serve(app: App, with_bot: bool, with_http: bool) -> int:
         name for name, on in (("bot", with_bot), ("HTTP server", with_http)) if on))
     while not app.stop.wait(1.0):
         pass
+    # Everything below shares one deadline, inside the 10 s that SIGTERM promises.
+    deadline = time.monotonic() + STOP_SECONDS
     if http is not None:
-        http.stop(STOP_HTTP_SECONDS)
+        http.stop(min(STOP_HTTP_SECONDS, deadline - time.monotonic()))
     if updates is not None:
-        updates.shutdown(STOP_UPDATES_SECONDS)
+        updates.shutdown(max(0.1, min(STOP_UPDATES_SECONDS, deadline - time.monotonic() - 3)))
     for thread in workers:
-        thread.join(0.5)
+        thread.join(max(0.0, deadline - time.monotonic()))
     log.info("ClubBot stopped")
     return 0
 
