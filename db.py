@@ -342,7 +342,9 @@ class Database:
     def alert_state(self, key: str, bad: bool, now: int, admin_ids: frozenset[int], kind: str,
                     payload: dict, announce_recovery: bool = True) -> bool:
         """Record a condition as bad or ok; alert admins once when it turns bad (and, if asked,
-        once when it is ok again). True when an alert was queued."""
+        once when it is ok again; a first look that finds it ok says nothing). True when an
+        alert was queued. The state change and the alert are one transaction: that is what
+        makes the alert once, whichever thread or process sees the change."""
         new = "bad" if bad else "ok"
         row = self.connect().execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
         if row is not None and row[0] == new or row is None and not bad:
@@ -356,37 +358,15 @@ class Database:
                        "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, new))
             if not bad and (old is None or not announce_recovery):
                 return False
-            _audit(tx, now, None, f"{key}_{new}", "scheduler", detail=payload)
+            _audit(tx, now, None, f"{kind}_{new}", "scheduler", detail=payload)
             for admin_id in sorted(admin_ids):
-                # The state change in this transaction is what makes the alert once.
                 enqueue(tx, kind, admin_id, {**payload, "bad": bad}, now, PRIORITY_NOW)
             return True
 
-    def rights_changed(self, chat_id: int, ok: bool, missing: list[str], now: int,
-                       admin_ids: frozenset[int]) -> bool:
-        """Record the bot's rights in a club chat; alert admins once per change.
-
-        When the rights come back, removals that failed meanwhile are retried at once.
-        """
-        key = f"rights:{chat_id}"
-        new = "ok" if ok else "lost"
+    def retry_removals_now(self, now: int) -> None:
+        """Removals that failed while the bot lacked its rights: due at once."""
         with self.transaction() as tx:
-            row = tx.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
-            old = row[0] if row else None
-            if old == new:
-                return False
-            tx.execute("INSERT INTO state (key, value) VALUES (?, ?) "
-                       "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, new))
-            if old is None and ok:
-                return False  # first look, all well: nothing to tell
-            _audit(tx, now, None, "bot_rights_" + new, "scheduler", detail={"chat_id": chat_id, "missing": missing})
-            for admin_id in sorted(admin_ids):
-                enqueue(tx, "admin_rights", admin_id, {"chat_id": chat_id, "ok": ok, "missing": missing}, now,
-                        PRIORITY_NOW)
-            if ok:
-                tx.execute("UPDATE outbox SET next_attempt_at = ? WHERE status = 'pending' AND kind = 'expire'",
-                           (now,))
-            return True
+            tx.execute("UPDATE outbox SET next_attempt_at = ? WHERE status = 'pending' AND kind = 'expire'", (now,))
 
     # --- the owner's tools ---
 
@@ -468,11 +448,6 @@ class Database:
                LEFT JOIN subscriptions s ON s.user_id = m.user_id
                LEFT JOIN invoices i ON i.user_id = m.user_id AND i.status != 'creating'
                ORDER BY m.user_id, i.id""")
-
-    def count_rows(self, table: str) -> int:
-        if table not in ("members", "invoices", "subscriptions", "outbox", "audit"):
-            raise ValueError(table)
-        return self.connect().execute(f"SELECT count(*) FROM {table}").fetchone()[0]
 
     def start_broadcast(self, admin_chat: int, text: str, now: int) -> tuple[int, int]:
         """Queue `text` to every member with time left; return (broadcast id, how many)."""
@@ -590,9 +565,6 @@ class Database:
                    WHERE id = ? AND status = 'pending'""",
                 (next_attempt_at, error, 1 if count_attempt else 0, message_id),
             )
-
-    def message(self, message_id: int) -> sqlite3.Row | None:
-        return self.connect().execute("SELECT * FROM outbox WHERE id = ?", (message_id,)).fetchone()
 
     # --- audit ---
 

@@ -434,7 +434,7 @@ class Sender:
     def _admin_rights(self, admin_id: int, payload: dict) -> None:
         lang = member_language(self.app, admin_id)
         chat = self.chat_title(payload["chat_id"], lang)
-        if payload["ok"]:
+        if not payload["bad"]:
             text = texts.t(lang, "admin_rights_back", chat=chat)
         else:
             missing = ", ".join(texts.t(lang, key) for key in payload["missing"])
@@ -504,11 +504,13 @@ class Sweeper:
                 missing = ["right_admin"]
             else:
                 missing = missing_rights(member, app.chat_types.get(chat_id))
-            if app.db.rights_changed(chat_id, not missing, missing, now, app.config.admin_ids):
+            if app.db.alert_state(f"rights:{chat_id}", bool(missing), now, app.config.admin_ids, "admin_rights",
+                                  {"chat_id": chat_id, "missing": missing}):
                 if missing:
                     log.error("the bot lost its rights in chat %s: %s", chat_id, ", ".join(missing))
                 else:
-                    log.info("the bot's rights in chat %s are back", chat_id)
+                    log.info("the bot's rights in chat %s are back; missed removals follow", chat_id)
+                    app.db.retry_removals_now(now)
                 app.wake_sender()
 
     def _call(self, method, *args):
@@ -621,12 +623,3 @@ def start_thread(name: str, target) -> threading.Thread:
     thread = threading.Thread(target=target, name=name, daemon=True)
     thread.start()
     return thread
-
-
-def wait_until(predicate, timeout: float, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()

@@ -308,7 +308,8 @@ def test_the_rights_a_group_and_a_channel_need():
 
 def test_the_alert_names_what_is_missing_in_the_admins_language(app, telegram):
     app.db.upsert_member(ADMIN, "boss", "Boss", "ru", app.now())
-    app.db.rights_changed(CLUB_CHAT, False, ["right_invite", "right_ban"], app.now(), app.config.admin_ids)
+    app.db.alert_state(f"rights:{CLUB_CHAT}", True, app.now(), app.config.admin_ids, "admin_rights",
+                       {"chat_id": CLUB_CHAT, "missing": ["right_invite", "right_ban"]})
     Sender(app).run_once()
     [alert] = texts_to(telegram, ADMIN)
     assert "не может приглашать пользователей, не может блокировать пользователей" in alert
