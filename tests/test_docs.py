@@ -28,3 +28,13 @@ def test_the_readme_test_command_is_the_one_ci_runs():
 def test_the_example_env_names_only_real_settings():
     names = re.findall(r"^([A-Z_]+)=", (ROOT / ".env.example").read_text(encoding="utf-8"), flags=re.MULTILINE)
     assert names and set(names) <= set(SETTINGS)
+
+
+def test_the_russian_readme_documents_the_same_settings_commands_and_code():
+    russian = (ROOT / "README.ru.md").read_text(encoding="utf-8")
+    documented = set(re.findall(r"^\| `([A-Z_]+)` \|", russian, flags=re.MULTILINE))
+    assert documented == set(SETTINGS)
+    for name in COMMANDS:
+        assert f"clubbot.py {name}" in russian or name == "run", name
+    assert re.findall(r"```.*?```", README, flags=re.S) == re.findall(r"```.*?```", russian, flags=re.S)
+    assert russian.startswith("[English](README.md)")
