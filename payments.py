@@ -33,8 +33,10 @@ def note_crypto_pay(app: App, error: CryptoPayError | None) -> None:
         return  # an outage says nothing about the token
     if app.db.alert_state("cryptopay_token", error is not None, app.now(), app.config.admin_ids, "admin_token",
                           {"error": error.name if error else ""}):
-        log.error("Crypto Pay refuses CRYPTO_PAY_TOKEN (%s)" if error else "Crypto Pay accepts the token again",
-                  *([error.name] if error else []))
+        if error is not None:
+            log.error("Crypto Pay refuses CRYPTO_PAY_TOKEN (%s)", error.name)
+        else:
+            log.info("Crypto Pay accepts the token again")
         app.wake_sender()
 
 
