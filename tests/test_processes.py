@@ -219,3 +219,32 @@ def test_a_database_that_cannot_be_opened_is_one_line_and_exit_1(tmp_path, env):
     assert process.returncode == 1
     assert "cannot open the database" in err and "Traceback" not in err
     assert CLUB_CHAT  # the environment was complete but for the database
+
+
+def test_a_request_in_flight_at_sigterm_is_finished_before_exit(tmp_path, env, app, cryptopay):
+    """The webhook waits on a database lock when SIGTERM comes; it still gets its answer."""
+    app.db.upsert_member(501, "m", "Member", "en", app.now())
+    row = buy(app, 501, app.config.plan("month"), "month").invoice
+    body = paid_update(cryptopay.pay(row["invoice_id"]))
+    server = start_process([WEBHOOK_SERVER], env, tmp_path)
+    port = int(env["WEBHOOK_PORT"])
+    answers = []
+    try:
+        wait_for(lambda: health(port), timeout=15)
+        blocker = sqlite3.connect(app.db.path, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")  # the webhook's transaction must wait for this one
+        request = threading.Thread(target=lambda: answers.append(
+            post_signed(f"http://127.0.0.1:{port}/webhook/cryptobot", body).status_code))
+        request.start()
+        time.sleep(0.5)
+        server.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        blocker.execute("COMMIT")
+        request.join(15)
+        code = server.wait(15)
+    finally:
+        if server.poll() is None:
+            server.kill()
+    assert answers == [200]
+    assert code == 0
+    assert app.db.invoice_by_uuid(row["payment_uuid"])["status"] == "paid"
