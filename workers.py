@@ -11,6 +11,7 @@ import sqlite3
 import threading
 import time
 
+import requests
 from telebot import types
 
 import texts
@@ -610,13 +611,21 @@ class UpdatePoller:
         log.info("Telegram polling stopped")
 
     def shutdown(self, timeout: float) -> None:
-        """Wait for the update in hand, then confirm what was handled."""
+        """Wait for the update in hand, then confirm what was handled.
+
+        The confirming getUpdates must not long-poll (TeleBot turns a long-poll timeout of 0
+        into its default of 10 s), so it goes out directly, with Telegram's timeout=0.
+        """
         self.idle.wait(timeout)
-        if self.offset is not None:
-            try:
-                self.bot.get_updates(offset=self.offset, limit=1, timeout=3, long_polling_timeout=0)
-            except Exception as exc:
-                log.warning("could not confirm handled updates: %s", classify(exc).description)
+        if self.offset is None:
+            return
+        config = self.app.config
+        try:
+            response = requests.get(f"{config.telegram_api_url}/bot{config.bot_token}/getUpdates",
+                                    params={"offset": self.offset, "limit": 1, "timeout": 0}, timeout=(2, 2))
+            response.raise_for_status()
+        except requests.RequestException as exc:
+            log.warning("could not confirm handled updates: %s", classify(exc).description)
 
 
 def start_thread(name: str, target) -> threading.Thread:

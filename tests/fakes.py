@@ -209,7 +209,7 @@ class FakeTelegram(FakeServer):
 
     def _get_updates(self, params: dict) -> list[dict]:
         offset = int(params.get("offset") or 0)
-        wait = min(float(params.get("timeout") or 0), 0.5)
+        wait = min(float(params.get("timeout") or 0), 30)  # a real long poll
         deadline = time.monotonic() + wait
         while True:
             with self.lock:
