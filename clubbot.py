@@ -66,7 +66,9 @@ def serve(app: App, with_bot: bool, with_http: bool) -> int:
         _learn_bot(app)
         updates = UpdatePoller(app)
         workers = [start_thread("sender", Sender(app, lanes=SENDER_LANES).run), start_thread("poller", Poller(app).run),
-                   start_thread("sweeper", Sweeper(app).run), start_thread("updates", updates.run)]
+                   start_thread("sweeper", Sweeper(app).run)]
+        # Not joined at stop: it may sit in a long poll; what it handled is confirmed in shutdown().
+        start_thread("updates", updates.run)
     log.info("ClubBot started (%s)", " + ".join(
         name for name, on in (("bot", with_bot), ("HTTP server", with_http)) if on))
     while not app.stop.wait(1.0):

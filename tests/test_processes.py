@@ -104,7 +104,7 @@ def test_each_process_stops_cleanly_within_10_seconds(tmp_path, env, args, sig, 
         if process.poll() is None:
             process.kill()
     assert code == 0, err
-    assert seconds < 10
+    assert seconds < 6  # SPEC allows 10 s; normally about 1 s, so a slip shows here first
     assert "ClubBot stopped" in err
     if args == [WEBHOOK_SERVER]:
         assert telegram.calls == []  # the webhook server never needs Telegram
