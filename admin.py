@@ -98,17 +98,24 @@ def write_csv(db: Database, stream: TextIO, progress: Callable[[int], None] | No
     writer.writerow(EXPORT_COLUMNS)
     count = 0
     for row in db.export_rows():
-        writer.writerow([
+        writer.writerow([_cell(value) for value in (
             row["user_id"], row["username"] or "", row["first_name"] or "", row["language"] or "",
             _iso(row["created_at"]), _iso(row["expires_at"]), row["invoice_id"] or "", row["plan_id"] or "",
             row["amount"] or "", row["currency"] or "", row["invoice_status"] or "",
             _iso(row["invoice_created_at"]), _iso(row["paid_at"]), row["paid_asset"] or "",
             row["paid_amount"] or "", row["applied_by"] or "",
-        ])
+        )])
         count += 1
         if progress and count % 10_000 == 0:
             progress(count)
     return count
+
+
+def _cell(value: object) -> object:
+    """Names come from Telegram users: keep a spreadsheet from running one as a formula."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
 
 
 def _iso(timestamp: int | None) -> str:

@@ -27,6 +27,7 @@ log = logging.getLogger("clubbot")
 
 STOP_SECONDS = 8.5
 STOP_HTTP_SECONDS = 4
+STOP_WORKERS_SECONDS = 1.5
 # Bot API calls in flight at once (to different chats), within the shared TELEGRAM_RATE.
 SENDER_LANES = 4
 STOP_UPDATES_SECONDS = 2
@@ -63,7 +64,8 @@ def serve(app: App, with_bot: bool, with_http: bool) -> int:
         app.bot = make_bot(app.config.bot_token, app.config.telegram_api_url)
         app.limiter = RateLimiter(app.config.telegram_rate)
         register_handlers(app.bot, app)
-        _learn_bot(app)
+        # In the background: with Telegram slow or unreachable, start-up must not hold off SIGTERM.
+        start_thread("learn", lambda: _learn_bot(app))
         updates = UpdatePoller(app)
         workers = [start_thread("sender", Sender(app, lanes=SENDER_LANES).run), start_thread("poller", Poller(app).run),
                    start_thread("sweeper", Sweeper(app).run)]
@@ -79,8 +81,11 @@ def serve(app: App, with_bot: bool, with_http: bool) -> int:
         http.stop(min(STOP_HTTP_SECONDS, deadline - time.monotonic()))
     if updates is not None:
         updates.shutdown(max(0.1, min(STOP_UPDATES_SECONDS, deadline - time.monotonic() - 3)))
+    # Workers finish a transaction in milliseconds; one waiting on Telegram or Crypto Pay is
+    # left behind (its work is still queued in the database, and comes again at start).
+    joined_by = min(deadline, time.monotonic() + STOP_WORKERS_SECONDS)
     for thread in workers:
-        thread.join(max(0.0, deadline - time.monotonic()))
+        thread.join(max(0.0, joined_by - time.monotonic()))
     log.info("ClubBot stopped")
     return 0
 

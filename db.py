@@ -76,15 +76,21 @@ class Database:
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         conn = self.connect()
-        with self.write_lock:
+        # The same bound as sqlite's own busy wait: writers of this process queue here, and
+        # must not each wait out the busy timeout in turn behind one another.
+        if not self.write_lock.acquire(timeout=BUSY_TIMEOUT_MS / 1000):
+            raise sqlite3.OperationalError("database is locked (this process's writers are queued)")
+        try:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            else:
                 conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        finally:
+            self.write_lock.release()
 
     def migrate(self) -> int:
         """Create the folder and apply pending migrations; return the schema version."""

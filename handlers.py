@@ -109,19 +109,29 @@ def on_unknown_command(app: App, message: types.Message) -> None:
     _reply(app, message.chat.id, texts.t(lang, "unknown_command"))
 
 
+def _answer(app: App, call: types.CallbackQuery, text: str | None = None) -> bool:
+    """Answer a button press; False if Telegram no longer takes the answer (too old)."""
+    try:
+        app.bot.answer_callback_query(call.id, text, show_alert=bool(text))
+        return True
+    except Exception as exc:
+        log.info("callback answer not taken: %s", exc)
+        return False
+
+
 def on_plan(app: App, call: types.CallbackQuery) -> None:
     lang = _remember(app, call.from_user)
     plan = app.config.plan(call.data.partition(":")[2])
     if plan is None:
-        app.bot.answer_callback_query(call.id, texts.t(lang, "plan_unknown"), show_alert=True)
+        _answer(app, call, texts.t(lang, "plan_unknown"))
         return
+    _answer(app, call)  # at once: creating the invoice may take a while
     title = plan_title(plan, lang)
     try:
         purchase = buy(app, call.from_user.id, plan, title)
     except CryptoPayError:
-        app.bot.answer_callback_query(call.id, texts.t(lang, "payments_unavailable"), show_alert=True)
+        _reply(app, call.from_user.id, texts.t(lang, "payments_unavailable"))
         return
-    app.bot.answer_callback_query(call.id)
     if purchase.trial_refused:
         _reply(app, call.from_user.id, texts.t(lang, "trial_used"))
         return
@@ -142,7 +152,8 @@ def on_plan(app: App, call: types.CallbackQuery) -> None:
 def on_check(app: App, call: types.CallbackQuery) -> None:
     lang = _remember(app, call.from_user)
     answer = check(app, call.data.partition(":")[2], call.from_user.id)
-    app.bot.answer_callback_query(call.id, texts.t(lang, answer), show_alert=answer != "check_paid")
+    if not _answer(app, call, texts.t(lang, answer)):
+        _reply(app, call.from_user.id, texts.t(lang, answer))  # the press expired while we asked
 
 
 def on_join_request(app: App, request: types.ChatJoinRequest) -> None:

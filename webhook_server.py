@@ -181,9 +181,15 @@ class ServerThread:
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop accepting, let requests in flight finish and flush, then close."""
+        """Stop accepting, let requests in flight and already queued finish and flush, then close."""
+        deadline = time.monotonic() + timeout
         self.server.accepting = False
-        self.server.task_dispatcher.shutdown(cancel_pending=False, timeout=timeout)
+        dispatcher = self.server.task_dispatcher
+        # waitress's shutdown() ends its threads after their current task and leaves queued
+        # ones unserved, so wait for the queue to drain first.
+        while time.monotonic() < deadline and (dispatcher.queue or dispatcher.active_count):
+            time.sleep(0.02)
+        dispatcher.shutdown(cancel_pending=True, timeout=max(0.1, deadline - time.monotonic()))
         time.sleep(0.1)  # let the loop flush the last responses
         self.server.close()
 

@@ -224,8 +224,20 @@ class Sender:
                     continue
             link = self.db.invite_link(user_id, chat_id)
             if link is None:
-                invite = self.call(self.bot.create_chat_invite_link, chat_id,
-                                   name=f"member {user_id}"[:32], creates_join_request=True)
+                try:
+                    invite = self.call(self.bot.create_chat_invite_link, chat_id,
+                                       name=f"member {user_id}"[:32], creates_join_request=True)
+                except Stopping:
+                    raise
+                except Exception as exc:
+                    failure = classify(exc)
+                    if failure.kind not in ("blocked", "rejected"):
+                        raise
+                    # The bot lacks its rights there (admins hear it from the rights check); the
+                    # member still gets "active until" and the other chats, and /link later.
+                    log.error("no invite link for member %s in chat %s: %s", user_id, chat_id,
+                              failure.description)
+                    continue
                 link = invite.invite_link
                 self.db.save_invite_link(user_id, chat_id, link, now)
             keyboard.add(types.InlineKeyboardButton(texts.t(lang, "join_button", chat=title), url=link))

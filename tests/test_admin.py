@@ -272,3 +272,11 @@ def test_check_fails_with_the_reason(tmp_path, env, telegram, cryptopay):
     assert "it is not an admin" in out
     assert "CryptoBot calls only https:// URLs" in out
     assert "3 problem(s) found." in out
+
+
+def test_the_export_keeps_names_from_running_as_spreadsheet_formulas(app):
+    app.db.upsert_member(501, "x", "=HYPERLINK(\"http://evil\")", "en", app.now())
+    out = io.StringIO()
+    admin.write_csv(app.db, out)
+    row = list(csv.DictReader(io.StringIO(out.getvalue())))[0]
+    assert row["first_name"] == "'=HYPERLINK(\"http://evil\")"

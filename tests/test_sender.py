@@ -144,3 +144,13 @@ def test_the_sender_thread_delivers_at_once_when_woken(app, cryptopay, telegram)
     app.outbox_ready.set()
     thread.join(5)
     assert not thread.is_alive()
+
+
+def test_a_chat_without_an_invite_link_does_not_cost_the_member_the_message(app, cryptopay, telegram):
+    refused = {"ok": False, "error_code": 400, "description": "Bad Request: not enough rights to manage invite links"}
+    telegram.fail("createChatInviteLink", (400, refused))
+    pay(app, cryptopay)
+    Sender(app).run_once()
+    [message] = telegram.messages_to(501)
+    assert "active until" in message["text"]
+    assert app.db.connect().execute("SELECT status FROM outbox").fetchone()[0] == "sent"

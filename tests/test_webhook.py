@@ -203,11 +203,11 @@ def test_the_app_is_valid_wsgi(app, cryptopay):
     invoice = paid_invoice(app, cryptopay)
     body = paid_update(invoice)
     wsgi = validator(make_wsgi_app(app))
-    for method, path, data, headers in (
-        ("GET", "/health", b"", {}),
-        ("POST", "/webhook/cryptobot", body, {"HTTP_CRYPTO_PAY_API_SIGNATURE": signature(PAY_TOKEN, body)}),
-        ("POST", "/webhook/cryptobot", body, {}),
-        ("GET", "/nowhere", b"", {}),
+    for method, path, data, headers, expected in (
+        ("GET", "/health", b"", {}, "200 OK"),
+        ("POST", "/webhook/cryptobot", body, {"HTTP_CRYPTO_PAY_API_SIGNATURE": signature(PAY_TOKEN, body)}, "200 OK"),
+        ("POST", "/webhook/cryptobot", body, {}, "401 Unauthorized"),
+        ("GET", "/nowhere", b"", {}, "404 Not Found"),
     ):
         import io
 
@@ -223,7 +223,7 @@ def test_the_app_is_valid_wsgi(app, cryptopay):
         result = wsgi(environ, start_response)
         b"".join(result)
         result.close()
-        assert statuses
+        assert statuses == [expected]
     assert app.db.subscription(501)["expires_at"] == START + 30 * 86400
 
 
