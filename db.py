@@ -164,12 +164,13 @@ class Database:
             )
         return payment_uuid
 
-    def invoice_created(self, payment_uuid: str, invoice_id: int, pay_url: str | None) -> None:
+    def invoice_created(self, payment_uuid: str, invoice_id: int, pay_url: str | None,
+                        invoice_amount: Decimal | None = None) -> None:
         with self.transaction() as tx:
             tx.execute(
-                """UPDATE invoices SET invoice_id = ?, pay_url = ?, status = 'pending'
+                """UPDATE invoices SET invoice_id = ?, pay_url = ?, invoice_amount = ?, status = 'pending'
                    WHERE payment_uuid = ? AND status = 'creating'""",
-                (invoice_id, pay_url, payment_uuid),
+                (invoice_id, pay_url, None if invoice_amount is None else str(invoice_amount), payment_uuid),
             )
 
     def invoice_failed(self, payment_uuid: str) -> None:
@@ -231,7 +232,7 @@ class Database:
             if row["status"] in ("paid", "mismatch"):
                 return ApplyResult(Outcome.DUPLICATE, user_id=row["user_id"], expires_at=_expiry(tx, row["user_id"]))
             user_id = row["user_id"]
-            asked = (row["currency_type"], row["currency"], Decimal(row["amount"]))
+            asked = (row["currency_type"], row["currency"], Decimal(row["invoice_amount"] or row["amount"]))
             got = (paid.currency_type, paid.currency, paid.amount)
             payload_ok = paid.payload is None or paid.payload == row["payment_uuid"]
             detail = {

@@ -89,7 +89,10 @@ def buy(app: App, user_id: int, plan: Plan, plan_title: str) -> Purchase:
         note_crypto_pay(app, exc)
         raise
     note_crypto_pay(app, None)
-    app.db.invoice_created(payment_uuid, invoice.invoice_id, invoice.pay_url)
+    if (invoice.amount, invoice.currency) != (plan.amount, plan.currency):
+        log.warning("invoice %s was created for %s %s, not %s %s as asked; payments are checked against it",
+                    invoice.invoice_id, invoice.amount, invoice.currency, plan.amount, plan.currency)
+    app.db.invoice_created(payment_uuid, invoice.invoice_id, invoice.pay_url, invoice.amount)
     log.info("invoice %s created: member %s, plan %s, %s %s", invoice.invoice_id, user_id, plan.id,
              plan.amount, plan.currency)
     return Purchase(invoice=app.db.invoice_by_uuid(payment_uuid))

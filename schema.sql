@@ -139,3 +139,9 @@ CREATE TABLE broadcasts (
     created_at  INTEGER NOT NULL,
     finished_at INTEGER
 );
+
+-- version: 4
+
+-- The amount as Crypto Pay created the invoice (it may write it differently from the
+-- plan's); a payment is checked against this one when it is set.
+ALTER TABLE invoices ADD COLUMN invoice_amount TEXT;

@@ -203,3 +203,25 @@ def test_delete_invoice(cryptopay, app):
     row = buy(app, member(app), app.config.plan("month"), "month").invoice
     assert app.cryptopay.delete_invoice(row["invoice_id"]) is True
     assert app.cryptopay.get_invoices([row["invoice_id"]]) == []
+
+
+def test_a_payment_is_checked_against_the_amount_crypto_pay_wrote_on_the_invoice(make_config, clock, cryptopay):
+    """Crypto Pay may write an amount differently (here: rounded to 2 places)."""
+    from cryptopay import parse_invoice
+    from runtime import build_app
+
+    app = build_app(make_config(PLANS="month:30d:4.999:USDT"), clock=clock)
+    app.db.upsert_member(501, "m", "M", "en", app.now())
+    original = cryptopay.answer
+
+    def rounding(method, params, headers):
+        if method == "createInvoice":
+            params = {**params, "amount": "5.00"}
+        return original(method, params, headers)
+
+    cryptopay.answer = rounding
+    row = buy(app, 501, app.config.plan("month"), "month").invoice
+    assert row["invoice_amount"] == "5.00" and row["amount"] == "4.999"
+    result = app.db.apply_invoice(parse_invoice(cryptopay.pay(row["invoice_id"])), "webhook", app.now(),
+                                  app.config.admin_ids)
+    assert result.outcome.value == "applied"
