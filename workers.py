@@ -208,20 +208,9 @@ class Sender:
         links = 0
         for chat_id in self.app.config.club_chat_ids:
             title = self.chat_title(chat_id, lang)
-            if chat_id in waiting:
-                try:
-                    self.call(self.bot.approve_chat_join_request, chat_id, user_id)
-                except Exception as exc:
-                    if classify(exc).kind != "rejected":
-                        raise
-                    # The request is gone (withdrawn, or already decided): a link will do.
-                    self.db.decide_join_request(chat_id, user_id, "gone", now)
-                else:
-                    self.db.decide_join_request(chat_id, user_id, "approved", now)
-                    self.db.audit(now, user_id, "join_approved", "bot", detail={"chat_id": chat_id})
-                    log.info("join request of member %s to chat %s approved", user_id, chat_id)
-                    approved.append(title)
-                    continue
+            if chat_id in waiting and self._approve_request(chat_id, user_id):
+                approved.append(title)
+                continue  # a request that is gone (withdrawn, or decided) gets a link instead
             link = self.db.invite_link(user_id, chat_id)
             if link is None:
                 try:
@@ -282,6 +271,11 @@ class Sender:
         if not expires_at or expires_at <= now:
             log.info("join request of member %s to chat %s left waiting: no time left", user_id, chat_id)
             return
+        self._approve_request(chat_id, user_id)
+
+    def _approve_request(self, chat_id: int, user_id: int) -> bool:
+        """Approve a waiting join request and record it; False if the request is gone."""
+        now = self.app.now()
         try:
             self.call(self.bot.approve_chat_join_request, chat_id, user_id)
         except Exception as exc:
@@ -289,10 +283,11 @@ class Sender:
                 raise
             self.db.decide_join_request(chat_id, user_id, "gone", now)
             log.info("join request of member %s to chat %s was gone before approval", user_id, chat_id)
-            return
+            return False
         self.db.decide_join_request(chat_id, user_id, "approved", now)
         self.db.audit(now, user_id, "join_approved", "bot", detail={"chat_id": chat_id})
         log.info("join request of member %s to chat %s approved", user_id, chat_id)
+        return True
 
     def _join_plans(self, chat_id: int, payload: dict) -> None:
         lang = member_language(self.app, payload["user_id"])
