@@ -145,3 +145,52 @@ CREATE TABLE broadcasts (
 -- The amount as Crypto Pay created the invoice (it may write it differently from the
 -- plan's); a payment is checked against this one when it is set.
 ALTER TABLE invoices ADD COLUMN invoice_amount TEXT;
+
+-- version: 5
+
+-- When the member last talked to the bot: their username is as current as this.
+ALTER TABLE members ADD COLUMN seen_at INTEGER;
+
+-- When a webhook for this invoice arrived (NULL: none yet), whoever applied it.
+ALTER TABLE invoices ADD COLUMN webhook_at INTEGER;
+
+-- Work that must not pile up while it waits: at most one pending row per key (a
+-- flood of /link is one row). dedupe_key stays "once ever".
+ALTER TABLE outbox ADD COLUMN pending_key TEXT;
+CREATE UNIQUE INDEX outbox_pending ON outbox(pending_key) WHERE status = 'pending' AND pending_key IS NOT NULL;
+
+-- Bans ClubBot made and has not lifted yet. Written before the ban is asked for and
+-- deleted after its unban: whatever fails between, the unban follows.
+CREATE TABLE bans (
+    chat_id   INTEGER NOT NULL,
+    user_id   INTEGER NOT NULL,
+    banned_at INTEGER NOT NULL,
+    PRIMARY KEY (chat_id, user_id)
+);
+
+-- Telegram updates as they arrive (the inbox): stored before they are confirmed to
+-- Telegram, handled once each, in fair turns between members.
+CREATE TABLE updates (
+    update_id   INTEGER PRIMARY KEY,
+    member_id   INTEGER,                         -- whose update it is; NULL if no one's
+    body        TEXT    NOT NULL,                -- the update as Telegram sent it (JSON)
+    received_at INTEGER NOT NULL,
+    status      TEXT    NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'done', 'dropped')),
+    done_at     INTEGER
+);
+CREATE INDEX updates_pending ON updates(update_id) WHERE status = 'pending';
+
+-- Commands whose effect must happen once: the key of the message that asked
+-- ("<chat id>:<message id>"), written in the same transaction as the effect.
+CREATE TABLE commands (
+    key TEXT PRIMARY KEY,
+    at  INTEGER NOT NULL
+);
+
+-- Correctly signed webhooks that could not be used, kept for the owner to look at.
+CREATE TABLE unusable_webhooks (
+    id          INTEGER PRIMARY KEY,
+    received_at INTEGER NOT NULL,
+    error       TEXT    NOT NULL,
+    body        BLOB    NOT NULL
+);
