@@ -2,19 +2,21 @@
 from __future__ import annotations
 
 import csv
+import io
+import re
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import TextIO
 
 import texts
-from config import parse_duration
-from db import Database
+from config import MAX_DURATION, DurationTooLong, parse_duration
+from db import AmbiguousMember, Database
 
 SPARKS = "▁▂▃▄▅▆▇█"
 
 
 class AdminError(Exception):
-    """A command the owner should correct; `key` and `values` name the text that says how."""
+    """A command the owner should correct; `key` and `values` name the text that says how.
+    A value may be a function of the language, for parts that are texts themselves."""
 
     def __init__(self, key: str, **values: object):
         super().__init__(key)
@@ -22,7 +24,8 @@ class AdminError(Exception):
         self.values = values
 
     def text(self, lang: str) -> str:
-        return texts.t(lang, self.key, **self.values)
+        values = {name: value(lang) if callable(value) else value for name, value in self.values.items()}
+        return texts.t(lang, self.key, **values)
 
 
 def sparkline(values: list[int]) -> str:
@@ -41,32 +44,63 @@ def stats_text(db: Database, now: int, lang: str) -> str:
                    sparkline=sparkline(stats["daily"]), payments=sum(stats["daily"]))
 
 
+def member_name(user_id: int, username: str | None) -> str:
+    """'@alice (id 123)', or '123': always with the id, so that a username which has
+    moved to another account shows in the reply."""
+    return f"@{username} (id {user_id})" if username else str(user_id)
+
+
 def find_member(db: Database, ref: str, allow_new_id: bool = False) -> tuple[int, str]:
-    """(user id, how to name them) for an id or @username; AdminError if unknown."""
-    row = db.find_member(ref)
+    """(user id, how to name them) for an id or @username; AdminError if unknown, or if
+    the username names several members (they are listed, with their ids)."""
+    try:
+        row = db.find_member(ref)
+    except AmbiguousMember as error:
+        rows = error.rows
+
+        def candidates(lang: str) -> str:
+            return ", ".join(texts.t(lang, "admin_candidate", user_id=r["user_id"], seen=_seen(r["seen_at"], lang))
+                             for r in rows)
+        raise AdminError("admin_ambiguous_user", user=ref.strip(), candidates=candidates) from None
     if row is not None:
-        name = f"@{row['username']}" if row["username"] else str(row["user_id"])
-        return row["user_id"], name
-    if allow_new_id and ref.strip().isdigit():
+        return row["user_id"], member_name(row["user_id"], row["username"])
+    # Telegram ids fit in 52 bits; a longer number is a mistake, not a member to create.
+    if allow_new_id and re.fullmatch(r"[0-9]{1,15}", ref.strip()):
         return int(ref.strip()), ref.strip()
     raise AdminError("admin_unknown_user", user=ref)
 
 
-def grant(db: Database, ref: str, duration_text: str, now: int, by: str, lang: str) -> str:
+def grant(db: Database, ref: str, duration_text: str, now: int, by: str, lang: str,
+          command_key: str | None = None) -> str:
     try:
         duration = parse_duration(duration_text)
+    except DurationTooLong as error:
+        raise AdminError("admin_duration_too_long", duration=duration_text, limit=_limit(error.maximum)) from None
     except ValueError:
         raise AdminError("admin_bad_duration", duration=duration_text) from None
     if duration <= 0:
         raise AdminError("admin_bad_duration", duration=duration_text)
     user_id, name = find_member(db, ref, allow_new_id=True)
-    expires_at = db.grant(user_id, duration, now, by)
+    # Stacked grants are bounded too: each alone is at most MAX_DURATION, their sum is not.
+    expires_at = db.grant(user_id, duration, now, by, latest=now + MAX_DURATION, command_key=command_key)
+    if expires_at is None:
+        raise AdminError("admin_grant_too_far", user=name, limit=_limit(MAX_DURATION))
     return texts.t(lang, "admin_granted", user=name, date=texts.format_date(expires_at, lang))
 
 
-def revoke(db: Database, ref: str, now: int, by: str, lang: str) -> str:
+def _limit(seconds: int) -> Callable[[str], str]:
+    return lambda lang: texts.duration_text(seconds, lang)
+
+
+def _seen(timestamp: int | None, lang: str) -> str:
+    if timestamp is None:  # a row from before seen_at was recorded
+        return texts.t(lang, "admin_seen_unknown")
+    return texts.utc(timestamp).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def revoke(db: Database, ref: str, now: int, by: str, lang: str, command_key: str | None = None) -> str:
     user_id, name = find_member(db, ref)
-    if not db.revoke(user_id, now, by):
+    if not db.revoke(user_id, now, by, command_key=command_key):
         return texts.t(lang, "admin_nothing_to_revoke", user=name)
     return texts.t(lang, "admin_revoked", user=name)
 
@@ -90,6 +124,13 @@ def user_text(db: Database, ref: str, now: int, lang: str) -> str:
 EXPORT_COLUMNS = ["user_id", "username", "first_name", "language", "member_since", "expires_at",
                   "invoice_id", "plan", "amount", "currency", "invoice_status", "invoice_created_at",
                   "paid_at", "paid_asset", "paid_amount", "applied_by"]
+
+
+def export_header() -> bytes:
+    """The first line of every export, exactly as write_csv writes it: how an earlier export is known."""
+    line = io.StringIO()
+    csv.writer(line).writerow(EXPORT_COLUMNS)
+    return line.getvalue().encode("utf-8")
 
 
 def write_csv(db: Database, stream: TextIO, progress: Callable[[int], None] | None = None) -> int:
@@ -121,9 +162,9 @@ def _cell(value: object) -> object:
 def _iso(timestamp: int | None) -> str:
     if timestamp is None:
         return ""
-    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return texts.utc(timestamp).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _day(timestamp: int) -> str:
-    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d")
+    return texts.utc(timestamp).strftime("%Y-%m-%d")
 

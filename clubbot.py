@@ -15,15 +15,18 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import requests
 
 import config as config_module
+import files
 from config import Config, ConfigError
 from cryptopay import CryptoPay, CryptoPayError, signature
 from runtime import App, build_app, setup_logging
 
 log = logging.getLogger("clubbot")
+T = TypeVar("T")
 
 STOP_SECONDS = 8.5
 STOP_HTTP_SECONDS = 4
@@ -36,9 +39,11 @@ STOP_UPDATES_SECONDS = 2
 def serve(app: App, with_bot: bool, with_http: bool) -> int:
     """Run until SIGTERM or SIGINT; then finish what is in flight and return 0."""
     from handlers import register_handlers
+    from health import silence_bounds
     from tg import RateLimiter, make_bot
+    from updates import UpdatePoller
     from webhook_server import ServerThread, create_server
-    from workers import Poller, Sender, Sweeper, UpdatePoller, start_thread
+    from workers import Poller, Sender, Sweeper, start_thread
 
     def on_signal(signum: int, _frame) -> None:
         log.info("received %s, stopping", signal.Signals(signum).name)
@@ -70,7 +75,12 @@ def serve(app: App, with_bot: bool, with_http: bool) -> int:
         workers = [start_thread("sender", Sender(app, lanes=SENDER_LANES).run), start_thread("poller", Poller(app).run),
                    start_thread("sweeper", Sweeper(app).run)]
         # Not joined at stop: it may sit in a long poll; what it handled is confirmed in shutdown().
-        start_thread("updates", updates.run)
+        watched = [*workers, start_thread("updates", updates.run)]
+        # Written to the database too: the split setup's /health and `check` run in other processes.
+        app.heartbeats.share(app.db)
+        bounds = silence_bounds(app.config)
+        for thread in watched:
+            app.heartbeats.register(thread.name, bounds[thread.name], thread)
     log.info("ClubBot started (%s)", " + ".join(
         name for name, on in (("bot", with_bot), ("HTTP server", with_http)) if on))
     while not app.stop.wait(1.0):
@@ -86,13 +96,15 @@ def serve(app: App, with_bot: bool, with_http: bool) -> int:
     joined_by = min(deadline, time.monotonic() + STOP_WORKERS_SECONDS)
     for thread in workers:
         thread.join(max(0.0, joined_by - time.monotonic()))
+    app.heartbeats.forget()  # stopped on purpose: nothing for another process to report
     log.info("ClubBot stopped")
     return 0
 
 
 def _learn_bot(app: App) -> None:
     """The bot's username (for the invoice's return button) and the club chats' titles."""
-    from tg import classify
+    from tg import classify, migrated_to
+    from workers import follow_migration
 
     try:
         me = app.bot.get_me()
@@ -104,12 +116,16 @@ def _learn_bot(app: App) -> None:
             log.error("Telegram refused BOT_TOKEN (%s): check the token from @BotFather", failure.description)
         else:
             log.warning("Telegram getMe failed: %s (will keep trying)", failure.description)
-    for chat_id in app.config.club_chat_ids:
+    for chat_id in app.club_chats():
         try:
             chat = app.bot.get_chat(chat_id)
             app.chat_titles[chat_id] = chat.title or ""
             app.chat_types[chat_id] = chat.type
         except Exception as exc:
+            new_id = migrated_to(exc)
+            if new_id is not None:
+                follow_migration(app, chat_id, new_id)
+                continue
             log.warning("Telegram getChat %s failed: %s", chat_id, classify(exc).description)
 
 
@@ -194,6 +210,7 @@ def cmd_check(config: Config, args: argparse.Namespace) -> int:
             report(not missing, f"chat {chat_id} \"{chat.title}\" ({chat.type}): " + (
                 "the bot can invite and remove members" if not missing
                 else "; ".join(texts.t("en", key) for key in missing)))
+    _check_heartbeats(config, report)
     if not config.webhook_url:
         print("note  WEBHOOK_URL is not set: payments are found by polling only, up to POLL_INTERVAL late")
     elif not config.webhook_url.startswith("https://"):
@@ -206,6 +223,30 @@ def cmd_check(config: Config, args: argparse.Namespace) -> int:
         return 1
     print("All well.")
     return 0
+
+
+def _check_heartbeats(config: Config, report: Callable[[bool, str], None]) -> None:
+    """The running bot's workers, by the signs of life they write to the database."""
+    from db import Database
+    from health import read_shared
+
+    # Not opened through build_app: `check` runs before the first start, and must not create the database.
+    if not config.database_path.exists():
+        print("note  no running bot found (no database yet)")
+        return
+    database = Database(config.database_path)
+    try:
+        beats = read_shared(database, time.time())
+    except sqlite3.Error as exc:
+        report(False, f"database {config.database_path}: {exc}")
+        return
+    finally:
+        database.close()
+    if not beats:
+        print("note  no running bot found (it writes signs of life to the database while it runs)")
+    for beat in beats:
+        report(not beat.late, "worker " + beat.text() + (": hung, or killed without a clean stop (see the log)"
+                                                        if beat.late else ""))
 
 
 def cmd_stats(config: Config, args: argparse.Namespace) -> int:
@@ -251,10 +292,12 @@ def cmd_export(config: Config, args: argparse.Namespace) -> int:
         admin.write_csv(app.db, sys.stdout, progress)
         return 0
     target = Path(args.file)
-    partial = target.with_name(target.name + ".partial")
-    with partial.open("w", encoding="utf-8", newline="") as stream:
-        rows = admin.write_csv(app.db, stream, progress)
-    partial.replace(target)
+
+    def write(fd: int, _partial: Path) -> int:
+        with open(fd, "w", encoding="utf-8", newline="", closefd=False) as stream:
+            return admin.write_csv(app.db, stream, progress)
+
+    rows = _write_output(target, config, "export", admin.export_header(), write)
     print(f"export: {rows} rows written to {target}", file=sys.stderr)
     return 0
 
@@ -262,10 +305,6 @@ def cmd_export(config: Config, args: argparse.Namespace) -> int:
 def cmd_backup(config: Config, args: argparse.Namespace) -> int:
     app = _open(config)
     target = Path(args.file)
-    if target.resolve() == config.database_path.resolve():
-        raise CommandError("backup: the target is the database itself")
-    partial = target.with_name(target.name + ".partial")
-    partial.unlink(missing_ok=True)
     shown = [-1]
 
     def progress(status: int, remaining: int, total: int) -> None:
@@ -274,14 +313,19 @@ def cmd_backup(config: Config, args: argparse.Namespace) -> int:
             shown[0] = percent
             print(f"backup: {percent}% of {total} pages", file=sys.stderr)
 
-    try:
-        app.db.backup(partial, progress)
-    except (sqlite3.Error, OSError) as exc:
-        partial.unlink(missing_ok=True)
-        raise CommandError(f"backup to {target} failed: {exc}") from None
-    partial.replace(target)
+    # sqlite opens the 0600 file made for it, and gives its journal the same mode.
+    _write_output(target, config, "backup", files.SQLITE_SIGNATURE,
+                  lambda _fd, partial: app.db.backup(partial, progress))
     print(f"backup: {target} ({target.stat().st_size} bytes), consistent as of now", file=sys.stderr)
     return 0
+
+
+def _write_output(target: Path, config: Config, what: str, signature: bytes,
+                  write: Callable[[int, Path], T]) -> T:
+    try:
+        return files.write_output(target, config.database_path, what, signature, write)
+    except files.OutputError as exc:
+        raise CommandError(str(exc)) from None
 
 
 def _open(config: Config) -> App:

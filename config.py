@@ -28,6 +28,11 @@ NETWORK_URLS = {
 }
 # Crypto Pay accepts expires_in from 1 s to 31 days.
 MAX_INVOICE_TTL = 2_678_400
+# The longest duration anything may be (a plan, a grant, a reminder, a grace period):
+# 100 years. Far beyond it, dates overflow what Python's datetime and sqlite's int64 hold.
+MAX_DURATION = 36500 * 86400
+# The longest wait between two polls or two sweeps: a longer one is a typo, not a plan.
+MAX_INTERVAL = 86400
 # Keys in .env that are not ClubBot settings but are fine to keep there.
 FOREIGN_ENV_PREFIXES = ("PYTHON", "LC_", "LANG", "TZ", "HOME", "PATH")
 
@@ -62,15 +67,30 @@ _DURATION_RE = re.compile(r"^(\d+)([smhd])$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
-def parse_duration(text: str) -> int:
-    """'30s', '5m', '1h', '30d' or '0' -> seconds."""
+class DurationTooLong(ValueError):
+    """A well-formed duration beyond its limit; str() names the limit."""
+
+    def __init__(self, text: str, maximum: int):
+        super().__init__(f"'{text}' is longer than {describe_limit(maximum)}")
+        self.maximum = maximum
+
+
+def parse_duration(text: str, maximum: int = MAX_DURATION) -> int:
+    """'30s', '5m', '1h', '30d' or '0' -> seconds, at most `maximum` (DurationTooLong beyond)."""
     text = text.strip()
     if text == "0":
         return 0
     match = _DURATION_RE.match(text)
     if not match:
         raise ValueError(f"'{text}' is not a duration like 30s, 5m, 1h, 30d or 0")
-    return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    # Compared before int(): thousands of digits would be slow, or refused with an odd message.
+    digits = match.group(1).lstrip("0") or "0"
+    if len(digits) > len(str(maximum)):
+        raise DurationTooLong(text, maximum)
+    seconds = int(digits) * _UNIT_SECONDS[match.group(2)]
+    if seconds > maximum:
+        raise DurationTooLong(text, maximum)
+    return seconds
 
 
 def format_duration(seconds: int) -> str:
@@ -78,6 +98,13 @@ def format_duration(seconds: int) -> str:
         if seconds and seconds % size == 0:
             return f"{seconds // size}{unit}"
     return f"{seconds}s"
+
+
+def describe_limit(seconds: int) -> str:
+    """'36500d (100 years)', '1d': a limit as it is written, and in years when it is whole ones."""
+    year = 365 * 86400
+    years = f" ({seconds // year} years)" if seconds >= 2 * year and seconds % year == 0 else ""
+    return format_duration(seconds) + years
 
 
 def parse_amount(text: str) -> Decimal:
@@ -216,13 +243,11 @@ def _log_level(text: str) -> str:
     return _choice("debug", "info", "warning", "error")(text).upper()
 
 
-def _duration(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+def _duration(minimum: int, maximum: int = MAX_DURATION) -> Callable[[str], int]:
     def convert(text: str) -> int:
-        seconds = parse_duration(text)
+        seconds = parse_duration(text, maximum)
         if seconds < minimum:
             raise ValueError(f"'{text}' is shorter than {format_duration(minimum) if minimum else '0'}")
-        if maximum is not None and seconds > maximum:
-            raise ValueError(f"'{text}' is longer than {format_duration(maximum)}")
         return seconds
     return convert
 
@@ -263,8 +288,8 @@ SETTINGS: dict[str, tuple[Callable[[str], Any], Any]] = {
     "DATABASE_PATH": (_path, "data/clubbot.db"),
     "LOG_FILE": (_path, "logs/clubbot.log"),
     "LOG_LEVEL": (_log_level, "INFO"),
-    "POLL_INTERVAL": (_duration(1), "30s"),
-    "SWEEP_INTERVAL": (_duration(1), "60s"),
+    "POLL_INTERVAL": (_duration(1, MAX_INTERVAL), "30s"),
+    "SWEEP_INTERVAL": (_duration(1, MAX_INTERVAL), "60s"),
     "INVOICE_TTL": (_duration(60, MAX_INVOICE_TTL), "1h"),
     "REMIND_BEFORE": (_durations, "3d,1d"),
     "GRACE_PERIOD": (_duration(0), "0s"),

@@ -124,6 +124,33 @@ def parse_invoice(obj: Any) -> Invoice:
     )
 
 
+@dataclass(frozen=True)
+class UnreadableInvoice:
+    """An item of getInvoices that parse_invoice refused: kept, so that it is never taken
+    for an invoice Crypto Pay no longer returns (one that may be paid must not be expired)."""
+
+    invoice_id: int | None  # when the item still names one
+    error: str
+
+
+@dataclass(frozen=True)
+class InvoiceBatch:
+    """What getInvoices returned: the invoices read, and the items that could not be."""
+
+    found: list[Invoice]
+    unreadable: list[UnreadableInvoice]
+
+
+def item_invoice_id(item: Any) -> int | None:
+    """The invoice id an unreadable item names, if it names one at all."""
+    raw = item.get("invoice_id") if isinstance(item, dict) else None
+    if isinstance(raw, str) and raw.strip().isdigit():
+        raw = int(raw)
+    if isinstance(raw, int) and not isinstance(raw, bool) and raw > 0:
+        return raw
+    return None
+
+
 def _chunks(items: list[int], size: int) -> Iterable[list[int]]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
@@ -195,9 +222,10 @@ class CryptoPay:
         except ValueError as exc:
             raise CryptoPayError("createInvoice", "BAD_RESPONSE", 200, str(exc)) from None
 
-    def get_invoices(self, invoice_ids: list[int]) -> list[Invoice]:
-        """The invoices with these ids, asked for up to 1000 a call. Malformed items are skipped."""
+    def fetch_invoices(self, invoice_ids: list[int]) -> InvoiceBatch:
+        """The invoices with these ids, asked for up to 1000 a call, and the items that could not be read."""
         found: list[Invoice] = []
+        unreadable: list[UnreadableInvoice] = []
         for chunk in _chunks(list(invoice_ids), MAX_IDS_PER_CALL):
             result = self.call("getInvoices", invoice_ids=",".join(map(str, chunk)), count=len(chunk))
             items = result.get("items") if isinstance(result, dict) else None
@@ -207,8 +235,15 @@ class CryptoPay:
                 try:
                     found.append(parse_invoice(item))
                 except ValueError as exc:
-                    log.warning("getInvoices returned a malformed invoice: %s", exc)
-        return found
+                    invoice_id = item_invoice_id(item)
+                    log.warning("getInvoices returned a malformed invoice (%s): %s",
+                                invoice_id if invoice_id is not None else "no readable invoice_id", exc)
+                    unreadable.append(UnreadableInvoice(invoice_id, str(exc)))
+        return InvoiceBatch(found, unreadable)
+
+    def get_invoices(self, invoice_ids: list[int]) -> list[Invoice]:
+        """The invoices with these ids that could be read (see fetch_invoices for the others)."""
+        return self.fetch_invoices(invoice_ids).found
 
     def delete_invoice(self, invoice_id: int) -> bool:
         return bool(self.call("deleteInvoice", invoice_id=invoice_id))

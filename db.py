@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptopay import Invoice
+from files import create_private_file, make_private_folders
 
 SCHEMA_PATH = Path(__file__).with_name("schema.sql")
 BUSY_TIMEOUT_MS = 5000
@@ -94,7 +95,9 @@ class Database:
 
     def migrate(self) -> int:
         """Create the folder and apply pending migrations; return the schema version."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_folders(self.path.parent)
+        # Made 0600 before sqlite first opens it: sqlite gives -wal and -shm the database's mode.
+        create_private_file(self.path)
         conn = self.connect()
         conn.execute("PRAGMA journal_mode = WAL")
         for version, sql in load_migrations(SCHEMA_PATH.read_text(encoding="utf-8")):
@@ -115,15 +118,24 @@ class Database:
 
     def upsert_member(self, user_id: int, username: str | None, first_name: str | None,
                       language: str | None, now: int) -> sqlite3.Row:
+        """Record a member as seen now, with their current username.
+
+        A username moves between accounts, and Telegram tells no one when it does: the
+        member seen with it now is its only holder, so every other row loses it here.
+        """
         with self.transaction() as tx:
+            if username:
+                tx.execute("UPDATE members SET username = NULL WHERE username = ? COLLATE NOCASE AND user_id != ?",
+                           (username, user_id))
             tx.execute(
-                """INSERT INTO members (user_id, uuid, username, first_name, language, created_at)
-                   VALUES (?, ?, ?, ?, ?, ?)
+                """INSERT INTO members (user_id, uuid, username, first_name, language, created_at, seen_at)
+                   VALUES (?, ?, ?, ?, ?, ?, ?)
                    ON CONFLICT (user_id) DO UPDATE SET
                      username = excluded.username,
                      first_name = excluded.first_name,
-                     language = COALESCE(excluded.language, members.language)""",
-                (user_id, str(uuid.uuid4()), username, first_name, language, now),
+                     language = COALESCE(excluded.language, members.language),
+                     seen_at = excluded.seen_at""",
+                (user_id, str(uuid.uuid4()), username, first_name, language, now, now),
             )
             return tx.execute("SELECT * FROM members WHERE user_id = ?", (user_id,)).fetchone()
 
@@ -139,28 +151,34 @@ class Database:
 
     # --- invoices ---
 
-    def reusable_invoice(self, user_id: int, plan_id: str, amount: Decimal, currency: str,
-                         valid_after: int) -> sqlite3.Row | None:
-        """A pending invoice of this member for this plan (at today's price) still valid after `valid_after`."""
+    def reusable_invoice(self, user_id: int, plan_id: str, duration: int, amount: Decimal, currency: str,
+                         fiat: bool, accepted_assets: tuple[str, ...], valid_after: int) -> sqlite3.Row | None:
+        """A pending invoice of this member, still valid after `valid_after`, that buys exactly
+        what the member is shown today: the same plan, duration, price, kind of currency and,
+        for fiat, the same assets to pay in. An invoice made before the owner changed the plan
+        would apply the old terms when paid."""
         return self.connect().execute(
             """SELECT * FROM invoices
                WHERE user_id = ? AND plan_id = ? AND status = 'pending'
-                 AND amount = ? AND currency = ? AND expires_at > ?
+                 AND duration = ? AND amount = ? AND currency = ? AND currency_type = ?
+                 AND accepted_assets IS ? AND expires_at > ?
                ORDER BY expires_at DESC LIMIT 1""",
-            (user_id, plan_id, str(amount), currency, valid_after),
+            (user_id, plan_id, duration, str(amount), currency, "fiat" if fiat else "crypto",
+             _assets_column(fiat, accepted_assets), valid_after),
         ).fetchone()
 
     def start_invoice(self, user_id: int, plan_id: str, duration: int, amount: Decimal,
-                      currency: str, fiat: bool, now: int, ttl: int) -> str:
+                      currency: str, fiat: bool, now: int, ttl: int,
+                      accepted_assets: tuple[str, ...] = ()) -> str:
         """Record an invoice about to be created at Crypto Pay; return its payment UUID."""
         payment_uuid = str(uuid.uuid4())
         with self.transaction() as tx:
             tx.execute(
                 """INSERT INTO invoices (payment_uuid, user_id, plan_id, duration, amount, currency,
-                                         currency_type, status, created_at, expires_at)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, 'creating', ?, ?)""",
+                                         currency_type, accepted_assets, status, created_at, expires_at)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'creating', ?, ?)""",
                 (payment_uuid, user_id, plan_id, duration, str(amount), currency,
-                 "fiat" if fiat else "crypto", now, now + ttl),
+                 "fiat" if fiat else "crypto", _assets_column(fiat, accepted_assets), now, now + ttl),
             )
         return payment_uuid
 
@@ -229,6 +247,10 @@ class Database:
                                  (paid.payload,)).fetchone()
             if row is None:
                 return ApplyResult(Outcome.NOT_OURS)
+            if cause == "webhook":
+                # Its latest arrival, whoever applied the payment: the poller's watch asks whether
+                # any webhook came after a payment it applied (a duplicate counts).
+                tx.execute("UPDATE invoices SET webhook_at = ? WHERE id = ?", (now, row["id"]))
             if row["status"] in ("paid", "mismatch"):
                 return ApplyResult(Outcome.DUPLICATE, user_id=row["user_id"], expires_at=_expiry(tx, row["user_id"]))
             user_id = row["user_id"]
@@ -318,9 +340,33 @@ class Database:
                 tx.execute("UPDATE subscriptions SET removed_for = expires_at WHERE user_id = ?", (row["user_id"],))
                 _audit(tx, now, row["user_id"], "membership_expired", "scheduler",
                        detail={"expires_at": row["expires_at"]})
+                # Once per expiry comes from removed_for, set in this transaction; an expiry that
+                # comes back after a clock correction (undo_early_removals) is queued again.
                 enqueue(tx, "expire", row["user_id"], {"expires_at": row["expires_at"]}, now, PRIORITY_NORMAL,
-                        dedupe_key=f"expire:{row['user_id']}:{row['expires_at']}")
+                        pending_key=f"expire:{row['user_id']}")
         return len(rows)
+
+    def undo_early_removals(self, now: int) -> int:
+        """Expiries handled while the clock ran ahead, now in the future again: the member has
+        time, so let them back in, and handle the expiry again when it really comes."""
+        with self.transaction() as tx:
+            rows = tx.execute(
+                """UPDATE subscriptions SET removed_for = NULL
+                   WHERE removed_for = expires_at AND expires_at > ? RETURNING user_id, expires_at""",
+                (now,),
+            ).fetchall()
+            for row in rows:
+                _audit(tx, now, row["user_id"], "removal_undone", "scheduler",
+                       detail={"expires_at": row["expires_at"], "why": "the expiry is in the future again"})
+                enqueue(tx, "way_in", row["user_id"], {}, now, PRIORITY_NOW, pending_key=f"way_in:{row['user_id']}")
+        return len(rows)
+
+    def expiry_not_handled(self, user_id: int, now: int) -> None:
+        """A removal found nothing to do: if the expiry it was queued for is still the member's
+        (the clock had run ahead when it was queued), it comes again when it is really due."""
+        with self.transaction() as tx:
+            tx.execute("UPDATE subscriptions SET removed_for = NULL "
+                       "WHERE user_id = ? AND removed_for = expires_at", (user_id,))
 
     def queue_declines(self, requested_before: int, now: int) -> int:
         """Decline join requests that waited too long for a payment."""
@@ -344,7 +390,7 @@ class Database:
             _audit(tx, now, user_id, "member_removed", "scheduler", detail={"expires_at": expires_at, "chats": chats})
             if chats:
                 enqueue(tx, "expired_notice", user_id, {"expires_at": expires_at, "chats": chats}, now,
-                        PRIORITY_NORMAL, dedupe_key=f"expired:{user_id}:{expires_at}")
+                        PRIORITY_NORMAL, pending_key=f"expired:{user_id}")
 
     def alert_state(self, key: str, bad: bool, now: int, admin_ids: frozenset[int], kind: str,
                     payload: dict, announce_recovery: bool = True) -> bool:
@@ -370,6 +416,88 @@ class Database:
                 enqueue(tx, kind, admin_id, {**payload, "bad": bad}, now, PRIORITY_NOW)
             return True
 
+    def put_state(self, key: str, value: str) -> None:
+        with self.transaction() as tx:
+            tx.execute("INSERT INTO state (key, value) VALUES (?, ?) "
+                       "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))
+
+    def states(self, prefix: str) -> dict[str, str]:
+        """The state rows whose key starts with `prefix`: a range on the primary key, not a scan."""
+        end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+        rows = self.connect().execute("SELECT key, value FROM state WHERE key >= ? AND key < ?",
+                                      (prefix, end)).fetchall()
+        return {row[0]: row[1] for row in rows}
+
+    def delete_state(self, key: str, value: str) -> bool:
+        """Delete a state row only if it still holds `value`, not one another process wrote since."""
+        with self.transaction() as tx:
+            return tx.execute("DELETE FROM state WHERE key = ? AND value = ?", (key, value)).rowcount == 1
+
+    def webhook_seen_since(self, since: int) -> bool:
+        """Whether a webhook for any invoice of ours has arrived at or after `since`."""
+        row = self.connect().execute("SELECT EXISTS (SELECT 1 FROM invoices WHERE webhook_at >= ?)",
+                                     (since,)).fetchone()
+        return bool(row[0])
+
+    def invoice_unreadable(self, invoice_id: int, error: str, now: int, admin_ids: frozenset[int]) -> bool:
+        """A pending invoice that Crypto Pay returns in a form we cannot read: audit it and alert
+        admins once per invoice (the audit row is the record that they were told). True when
+        the alert was queued now."""
+        with self.transaction() as tx:
+            row = tx.execute("SELECT user_id FROM invoices WHERE invoice_id = ? AND status = 'pending'",
+                             (invoice_id,)).fetchone()
+            if row is None:
+                return False
+            told = tx.execute("SELECT 1 FROM audit WHERE user_id = ? AND action = 'invoice_unreadable' "
+                              "AND invoice_id = ?", (row["user_id"], invoice_id)).fetchone()
+            if told is not None:
+                return False
+            detail = {"invoice_id": invoice_id, "user_id": row["user_id"], "error": error}
+            _audit(tx, now, row["user_id"], "invoice_unreadable", "poller", invoice_id, detail)
+            for admin_id in sorted(admin_ids):
+                enqueue(tx, "admin_invoice_unreadable", admin_id, detail, now, PRIORITY_NOW,
+                        dedupe_key=f"unreadable:{invoice_id}:{admin_id}")
+            return True
+
+    def record_unusable_webhook(self, body: bytes, error: str, now: int, keep: int = 1000) -> int:
+        """Keep a correctly signed webhook we could not use, for the owner to look at; the
+        newest `keep` only, so that a sender stuck on a bad format cannot fill the disk."""
+        with self.transaction() as tx:
+            record_id = tx.execute("INSERT INTO unusable_webhooks (received_at, error, body) VALUES (?, ?, ?) "
+                                   "RETURNING id", (now, error, body)).fetchone()[0]
+            tx.execute("DELETE FROM unusable_webhooks WHERE id <= ?", (record_id - keep,))
+            return record_id
+
+    def pull_back_future_work(self, now: int, longest_wait: int) -> int:
+        """Rows due later than any wait ClubBot sets were queued while the clock ran ahead: due now
+        (an activation queued then must not wait for the clock to catch up)."""
+        with self.transaction() as tx:
+            return tx.execute("UPDATE outbox SET next_attempt_at = ? WHERE status = 'pending' AND next_attempt_at > ?",
+                              (now, now + longest_wait)).rowcount
+
+    def chat_migrations(self) -> dict[int, int]:
+        """Club groups upgraded to supergroups: old chat id -> new chat id."""
+        rows = self.connect().execute("SELECT key, value FROM state WHERE key LIKE 'migrated:%'").fetchall()
+        return {int(row["key"].partition(":")[2]): int(row["value"]) for row in rows}
+
+    def record_migration(self, old: int, new: int, now: int, admin_ids: frozenset[int]) -> bool:
+        """A club group became a supergroup with a new id: follow it (the member's links and
+        join requests move with it), and tell the admins once. False if already known."""
+        with self.transaction() as tx:
+            cursor = tx.execute("INSERT INTO state (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+                                (f"migrated:{old}", str(new)))
+            if cursor.rowcount != 1:
+                return False
+            # Links made for the old group do not lead into the new one: they are made again.
+            tx.execute("DELETE FROM invite_links WHERE chat_id = ?", (old,))
+            tx.execute("UPDATE OR IGNORE join_requests SET chat_id = ? WHERE chat_id = ?", (new, old))
+            tx.execute("UPDATE OR IGNORE bans SET chat_id = ? WHERE chat_id = ?", (new, old))
+            _audit(tx, now, None, "chat_migrated", "bot", detail={"from": old, "to": new})
+            for admin_id in sorted(admin_ids):
+                enqueue(tx, "admin_migrated", admin_id, {"old": old, "new": new}, now, PRIORITY_NOW,
+                        dedupe_key=f"migrated:{old}:{admin_id}")
+            return True
+
     def retry_removals_now(self, now: int) -> None:
         """Removals that failed while the bot lacked its rights: due at once."""
         with self.transaction() as tx:
@@ -378,19 +506,37 @@ class Database:
     # --- the owner's tools ---
 
     def find_member(self, ref: str) -> sqlite3.Row | None:
-        """A member by Telegram id ('12345') or username ('@name', any case)."""
+        """The one member with this Telegram id ('12345') or username ('@name', any case);
+        AmbiguousMember when a username names several, rather than a guess among them."""
+        rows = self.find_members(ref)
+        if len(rows) > 1:
+            raise AmbiguousMember(ref, rows)
+        return rows[0] if rows else None
+
+    def find_members(self, ref: str, limit: int = 10) -> list[sqlite3.Row]:
+        """Members by Telegram id or username, last seen first. Several hold one username only
+        in a database that an older version left with stale ones."""
         ref = ref.strip()
         conn = self.connect()
-        if re.fullmatch(r"\d{1,15}", ref):
-            return conn.execute("SELECT * FROM members WHERE user_id = ?", (int(ref),)).fetchone()
+        if re.fullmatch(r"[0-9]{1,15}", ref):
+            return conn.execute("SELECT * FROM members WHERE user_id = ?", (int(ref),)).fetchall()
         if re.fullmatch(r"@?[A-Za-z0-9_]{3,32}", ref):
-            return conn.execute("SELECT * FROM members WHERE username = ? COLLATE NOCASE ORDER BY created_at DESC",
-                                (ref.lstrip("@"),)).fetchone()
-        return None
+            return conn.execute(
+                """SELECT * FROM members WHERE username = ? COLLATE NOCASE
+                   ORDER BY seen_at IS NULL, seen_at DESC, user_id LIMIT ?""",
+                (ref.lstrip("@"), limit)).fetchall()
+        return []
 
-    def grant(self, user_id: int, duration: int, now: int, by: str) -> int:
-        """Give a member time by hand (stacking like a payment); return the new expiry."""
+    def grant(self, user_id: int, duration: int, now: int, by: str, latest: int | None = None,
+              command_key: str | None = None) -> int | None:
+        """Give a member time by hand (stacking like a payment); return the new expiry, or None,
+        changing nothing, when it would fall after `latest`. A command carried out before
+        (`command_key`) changes nothing and returns the expiry as it is."""
         with self.transaction() as tx:
+            if latest is not None and max(now, _expiry(tx, user_id) or now) + duration > latest:
+                return None
+            if not claim_command(tx, command_key, now):
+                return _expiry(tx, user_id)
             tx.execute("INSERT INTO members (user_id, uuid, created_at) VALUES (?, ?, ?) "
                        "ON CONFLICT (user_id) DO NOTHING", (user_id, str(uuid.uuid4()), now))
             new_expiry = extend_subscription(tx, user_id, duration, now)
@@ -399,9 +545,12 @@ class Database:
             enqueue(tx, "granted", user_id, {"duration": duration, "expires_at": new_expiry}, now, PRIORITY_NOW)
             return new_expiry
 
-    def revoke(self, user_id: int, now: int, by: str) -> bool:
-        """End a member's time now and queue the removal (no grace period); False if nothing to end."""
+    def revoke(self, user_id: int, now: int, by: str, command_key: str | None = None) -> bool:
+        """End a member's time now and queue the removal (no grace period); False if nothing to end.
+        A command carried out before (`command_key`) changes nothing and returns True."""
         with self.transaction() as tx:
+            if not claim_command(tx, command_key, now):
+                return True
             row = tx.execute("SELECT expires_at, removed_for FROM subscriptions WHERE user_id = ?",
                              (user_id,)).fetchone()
             if row is None or (row["expires_at"] <= now and row["removed_for"] == row["expires_at"]):
@@ -456,9 +605,13 @@ class Database:
                LEFT JOIN invoices i ON i.user_id = m.user_id AND i.status != 'creating'
                ORDER BY m.user_id, i.id""")
 
-    def start_broadcast(self, admin_chat: int, text: str, now: int) -> tuple[int, int]:
-        """Queue `text` to every member with time left; return (broadcast id, how many)."""
+    def start_broadcast(self, admin_chat: int, text: str, now: int,
+                        command_key: str | None = None) -> tuple[int, int] | None:
+        """Queue `text` to every member with time left, and the admin's progress message first;
+        return (broadcast id, how many), or None when this command was carried out before."""
         with self.transaction() as tx:
+            if not claim_command(tx, command_key, now):
+                return None
             broadcast_id = tx.execute(
                 "INSERT INTO broadcasts (admin_chat, text, total, created_at) VALUES (?, ?, 0, ?)",
                 (admin_chat, text, now)).lastrowid
@@ -473,6 +626,8 @@ class Database:
                        (len(users), len(users), now, broadcast_id))
             _audit(tx, now, None, "broadcast", "admin", detail={"broadcast_id": broadcast_id,
                                                                 "recipients": len(users)})
+            enqueue(tx, "broadcast_started", admin_chat, {"broadcast_id": broadcast_id}, now, PRIORITY_NOW,
+                    dedupe_key=f"broadcast_started:{broadcast_id}")
         return broadcast_id, len(users)
 
     def set_broadcast_message(self, broadcast_id: int, message_id: int) -> None:
@@ -534,14 +689,19 @@ class Database:
     # --- outbox ---
 
     def enqueue(self, kind: str, chat_id: int, payload: dict, now: int,
-                priority: int = PRIORITY_NORMAL, dedupe_key: str | None = None) -> bool:
+                priority: int = PRIORITY_NORMAL, dedupe_key: str | None = None,
+                pending_key: str | None = None) -> bool:
         with self.transaction() as tx:
-            return enqueue(tx, kind, chat_id, payload, now, priority, dedupe_key)
+            return enqueue(tx, kind, chat_id, payload, now, priority, dedupe_key, pending_key)
 
     def due_messages(self, now: int, limit: int = 50) -> list[sqlite3.Row]:
+        """What is due, in fair turns: within a priority, every recipient's first row comes
+        before anyone's second, so one recipient's pile cannot hold up the others."""
         return self.connect().execute(
-            """SELECT * FROM outbox WHERE status = 'pending' AND next_attempt_at <= ?
-               ORDER BY priority, next_attempt_at, id LIMIT ?""",
+            """SELECT * FROM (
+                   SELECT *, row_number() OVER (PARTITION BY chat_id ORDER BY priority, next_attempt_at, id) AS turn
+                   FROM outbox WHERE status = 'pending' AND next_attempt_at <= ?)
+               ORDER BY priority, turn, next_attempt_at, id LIMIT ?""",
             (now, limit),
         ).fetchall()
 
@@ -573,6 +733,54 @@ class Database:
                 (next_attempt_at, error, 1 if count_attempt else 0, message_id),
             )
 
+    # --- bans ClubBot made ---
+
+    def ban_started(self, chat_id: int, user_id: int, now: int) -> None:
+        """Recorded before the ban is asked for, so that its unban follows whatever happens."""
+        with self.transaction() as tx:
+            tx.execute("INSERT INTO bans (chat_id, user_id, banned_at) VALUES (?, ?, ?) "
+                       "ON CONFLICT (chat_id, user_id) DO NOTHING", (chat_id, user_id, now))
+
+    def ban_lifted(self, chat_id: int, user_id: int) -> None:
+        with self.transaction() as tx:
+            tx.execute("DELETE FROM bans WHERE chat_id = ? AND user_id = ?", (chat_id, user_id))
+
+    def our_bans(self, user_id: int) -> list[int]:
+        """The chats where ClubBot banned this member and has not lifted the ban yet."""
+        rows = self.connect().execute("SELECT chat_id FROM bans WHERE user_id = ? ORDER BY chat_id",
+                                      (user_id,)).fetchall()
+        return [row[0] for row in rows]
+
+    # --- Telegram updates (the inbox) ---
+
+    def store_updates(self, updates: list[tuple[int, int | None, str]], now: int) -> list[int]:
+        """Keep fetched updates (update_id, member, JSON) before they are confirmed to Telegram;
+        return the ids that are new (one fetched again after a restart is not)."""
+        fresh: list[int] = []
+        with self.transaction() as tx:
+            for update_id, member_id, body in updates:
+                cursor = tx.execute(
+                    "INSERT INTO updates (update_id, member_id, body, received_at) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (update_id) DO NOTHING", (update_id, member_id, body, now))
+                if cursor.rowcount == 1:
+                    fresh.append(update_id)
+        return fresh
+
+    def pending_updates(self) -> list[sqlite3.Row]:
+        return self.connect().execute(
+            "SELECT update_id, member_id, body FROM updates WHERE status = 'pending' ORDER BY update_id").fetchall()
+
+    def update_done(self, update_id: int, now: int, status: str = "done") -> None:
+        with self.transaction() as tx:
+            tx.execute("UPDATE updates SET status = ?, done_at = ? WHERE update_id = ? AND status = 'pending'",
+                       (status, now, update_id))
+
+    def forget_updates(self, done_before: int) -> int:
+        """Handled updates are kept a while (Telegram may send one again after a restart), then dropped."""
+        with self.transaction() as tx:
+            return tx.execute("DELETE FROM updates WHERE status != 'pending' AND done_at < ?",
+                              (done_before,)).rowcount
+
     # --- audit ---
 
     def audit(self, now: int, user_id: int | None, action: str, cause: str,
@@ -584,6 +792,15 @@ class Database:
         if user_id is None:
             return self.connect().execute("SELECT * FROM audit ORDER BY id").fetchall()
         return self.connect().execute("SELECT * FROM audit WHERE user_id = ? ORDER BY id", (user_id,)).fetchall()
+
+
+class AmbiguousMember(LookupError):
+    """A username that more than one member row holds; `rows` are the candidates."""
+
+    def __init__(self, ref: str, rows: list[sqlite3.Row]):
+        super().__init__(f"{ref} names {len(rows)} members")
+        self.ref = ref
+        self.rows = rows
 
 
 class Outcome(Enum):
@@ -604,14 +821,28 @@ class ApplyResult:
 # --- helpers that run inside a caller's transaction ---
 
 def enqueue(tx: sqlite3.Connection, kind: str, chat_id: int, payload: dict, now: int,
-            priority: int = PRIORITY_NORMAL, dedupe_key: str | None = None) -> bool:
-    """Queue Telegram work; False if a row with this dedupe_key already exists."""
+            priority: int = PRIORITY_NORMAL, dedupe_key: str | None = None,
+            pending_key: str | None = None) -> bool:
+    """Queue Telegram work; False if a row with this dedupe_key exists (ever), or one with
+    this pending_key is still waiting (duplicate requests collapse into it)."""
     cursor = tx.execute(
-        """INSERT INTO outbox (kind, chat_id, payload, priority, created_at, next_attempt_at, dedupe_key)
-           VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (dedupe_key) WHERE dedupe_key IS NOT NULL DO NOTHING""",
-        (kind, chat_id, json.dumps(payload, sort_keys=True), priority, now, now, dedupe_key),
+        """INSERT INTO outbox (kind, chat_id, payload, priority, created_at, next_attempt_at, dedupe_key,
+                               pending_key)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+           ON CONFLICT (dedupe_key) WHERE dedupe_key IS NOT NULL DO NOTHING
+           ON CONFLICT (pending_key) WHERE status = 'pending' AND pending_key IS NOT NULL DO NOTHING""",
+        (kind, chat_id, json.dumps(payload, sort_keys=True), priority, now, now, dedupe_key, pending_key),
     )
     return cursor.rowcount == 1
+
+
+def claim_command(tx: sqlite3.Connection, key: str | None, now: int) -> bool:
+    """Record that the command asked by message `key` is carried out in this transaction;
+    False if it was before (the same update handled again after a kill). No key: True."""
+    if key is None:
+        return True
+    return tx.execute("INSERT INTO commands (key, at) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+                      (key, now)).rowcount == 1
 
 
 def extend_subscription(tx: sqlite3.Connection, user_id: int, duration: int, now: int) -> int:
@@ -625,6 +856,11 @@ def extend_subscription(tx: sqlite3.Connection, user_id: int, duration: int, now
            RETURNING expires_at""",
         (user_id, now, duration),
     ).fetchone()[0]
+
+
+def _assets_column(fiat: bool, accepted_assets: tuple[str, ...]) -> str | None:
+    """invoices.accepted_assets: what a fiat invoice may be paid in ('' = any); NULL for crypto."""
+    return ",".join(accepted_assets) if fiat else None
 
 
 def _expiry(tx: sqlite3.Connection, user_id: int) -> int | None:

@@ -11,6 +11,7 @@ import admin
 import texts
 from config import Plan
 from cryptopay import CryptoPayError
+from db import PRIORITY_NOW
 from payments import buy, check, club_name
 from runtime import App
 
@@ -67,7 +68,7 @@ def on_start(app: App, message: types.Message) -> None:
         keyboard = plans_keyboard(app, lang, renew=True)
         _reply(app, message.chat.id, text, reply_markup=keyboard)
         # The way in, again: the sender approves a waiting request or sends the links.
-        app.db.enqueue("way_in", message.from_user.id, {}, now, priority=0)
+        queue_way_in(app, message.from_user.id, now)
         app.wake_sender()
         return
     _reply(app, message.chat.id, texts.t(lang, "greeting", club=club),
@@ -95,8 +96,13 @@ def on_link(app: App, message: types.Message) -> None:
     if not expires_at or expires_at <= now:
         _reply(app, message.chat.id, texts.t(lang, "status_none"))
         return
-    app.db.enqueue("way_in", message.from_user.id, {}, now, priority=0)
+    queue_way_in(app, message.from_user.id, now)
     app.wake_sender()
+
+
+def queue_way_in(app: App, user_id: int, now: int) -> None:
+    """One waiting "way in" per member: asking again while it waits adds nothing."""
+    app.db.enqueue("way_in", user_id, {}, now, priority=PRIORITY_NOW, pending_key=f"way_in:{user_id}")
 
 
 def on_help(app: App, message: types.Message) -> None:
@@ -157,7 +163,7 @@ def on_check(app: App, call: types.CallbackQuery) -> None:
 
 
 def on_join_request(app: App, request: types.ChatJoinRequest) -> None:
-    if request.chat.id not in app.config.club_chat_ids:
+    if request.chat.id not in app.club_chats():
         return
     user = request.from_user
     _remember(app, user)
@@ -165,10 +171,12 @@ def on_join_request(app: App, request: types.ChatJoinRequest) -> None:
     app.db.record_join_request(request.chat.id, user.id, request.user_chat_id, now)
     expires_at = app.db.expires_at(user.id)
     if expires_at and expires_at > now:
-        app.db.enqueue("approve", user.id, {"chat_id": request.chat.id}, now, priority=0)
+        app.db.enqueue("approve", user.id, {"chat_id": request.chat.id}, now, priority=PRIORITY_NOW,
+                       pending_key=f"approve:{request.chat.id}:{user.id}")
     elif request.user_chat_id:
         app.db.enqueue("join_plans", request.user_chat_id,
-                       {"user_id": user.id, "club_chat_id": request.chat.id}, now, priority=0)
+                       {"user_id": user.id, "club_chat_id": request.chat.id}, now, priority=PRIORITY_NOW,
+                       pending_key=f"join_plans:{request.chat.id}:{user.id}")
     log.info("join request from member %s to chat %s (%s)", user.id, request.chat.id,
              "active" if expires_at and expires_at > now else "no time left")
     app.wake_sender()
@@ -191,12 +199,12 @@ def on_admin(app: App, message: types.Message) -> None:
         elif command == "grant":
             if len(args) != 2:
                 raise admin.AdminError("admin_usage_grant")
-            text = admin.grant(app.db, args[0], args[1], now, by, lang)
+            text = admin.grant(app.db, args[0], args[1], now, by, lang, command_key=command_key(message))
             app.wake_sender()
         elif command == "revoke":
             if len(args) != 1:
                 raise admin.AdminError("admin_usage_revoke")
-            text = admin.revoke(app.db, args[0], now, by, lang)
+            text = admin.revoke(app.db, args[0], now, by, lang, command_key=command_key(message))
             app.wake_sender()
         elif command == "user":
             if len(args) != 1:
@@ -209,7 +217,7 @@ def on_admin(app: App, message: types.Message) -> None:
             body = rest.strip()
             if not body:
                 raise admin.AdminError("admin_usage_broadcast")
-            _start_broadcast(app, message.chat.id, body, lang)
+            _start_broadcast(app, message, body)
             return
     except admin.AdminError as error:
         text = error.text(lang)
@@ -226,14 +234,27 @@ def _send_export(app: App, chat_id: int, lang: str) -> None:
                           caption=texts.t(lang, "admin_export_caption", date=day))
 
 
-def _start_broadcast(app: App, chat_id: int, body: str, lang: str) -> None:
-    broadcast_id, total = app.db.start_broadcast(chat_id, body, app.now())
-    app.limiter.acquire(app.stop, chat_id=chat_id)
-    key = "admin_broadcast_progress" if total else "admin_broadcast_done"
-    progress = app.bot.send_message(chat_id, texts.t(lang, key, total=total, sent=0, failed=0))
-    app.db.set_broadcast_message(broadcast_id, progress.message_id)
-    log.info("broadcast %s queued to %s members", broadcast_id, total)
+def _start_broadcast(app: App, message: types.Message, body: str) -> None:
+    """Queue the broadcast and its progress message (the sender shows it first), once per command."""
+    started = app.db.start_broadcast(message.chat.id, body, app.now(), command_key=command_key(message))
+    if started is None:
+        log.info("broadcast of message %s was queued before; not again", message.message_id)
+        return
+    log.info("broadcast %s queued to %s members", *started)
     app.wake_sender()
+
+
+def command_key(message: types.Message) -> str:
+    """What makes a command once-only: the message that asked for it."""
+    return f"{message.chat.id}:{message.message_id}"
+
+
+def on_chat_migrated(app: App, message: types.Message) -> None:
+    """A club group became a supergroup (Telegram's service message in the old group)."""
+    from workers import follow_migration
+
+    if message.chat.id in app.club_chats() and message.migrate_to_chat_id:
+        follow_migration(app, message.chat.id, message.migrate_to_chat_id)
 
 
 def _guarded(app: App, handler):
@@ -261,4 +282,6 @@ def register_handlers(bot: TeleBot, app: App) -> None:
         func=lambda m: bool(m.text) and m.text.startswith("/"))
     bot.register_callback_query_handler(_guarded(app, on_plan), func=lambda c: (c.data or "").startswith("plan:"))
     bot.register_callback_query_handler(_guarded(app, on_check), func=lambda c: (c.data or "").startswith("check:"))
+    bot.register_message_handler(_guarded(app, on_chat_migrated), content_types=["migrate_to_chat_id"],
+                                 chat_types=["group"])
     bot.register_chat_join_request_handler(_guarded(app, on_join_request), func=lambda r: True)

@@ -6,7 +6,7 @@ import sqlite3
 from dataclasses import dataclass
 
 from config import Plan
-from cryptopay import CryptoPayError
+from cryptopay import CryptoPayError, UnreadableInvoice
 from db import Outcome
 from runtime import App
 
@@ -16,7 +16,8 @@ log = logging.getLogger("clubbot.payments")
 REUSE_MARGIN = 5 * 60
 # A pending invoice that Crypto Pay no longer returns is given up this long after it expired.
 FORGET_AFTER = 86400
-# A payment the poller finds this long after it was made means its webhook is not coming.
+# A payment the poller applied, with no webhook at all arriving this long after, means
+# webhooks are not arriving.
 WEBHOOK_GRACE = 120
 
 
@@ -41,15 +42,60 @@ def note_crypto_pay(app: App, error: CryptoPayError | None) -> None:
 
 
 def note_webhook(app: App, arrived: bool, invoice_id: int) -> None:
-    """A payment the poller found first means webhooks are not arriving: alert admins once,
-    until a webhook arrives again."""
+    """Webhooks are not arriving (the poller's watch saw none) or arrive again (one for an
+    invoice of ours came): alert admins once per outage, and again only after they worked."""
     if app.db.alert_state("webhook", not arrived, app.now(), app.config.admin_ids, "admin_webhook",
                           {"invoice_id": invoice_id}, announce_recovery=False):
+        if not arrived:
+            log.error("webhooks are not arriving: invoice %s was applied by the poller and no webhook came "
+                      "within %ss; check the webhook URL in @CryptoBot", invoice_id, WEBHOOK_GRACE)
         app.wake_sender()
 
 
+def note_unusable_webhook(app: App, usable: bool, error: str = "", record_id: int | None = None) -> None:
+    """A correctly signed webhook we could not use: alert admins once, until one is used again."""
+    if app.db.alert_state("webhook_unusable", not usable, app.now(), app.config.admin_ids,
+                          "admin_webhook_unusable", {"error": error, "record_id": record_id},
+                          announce_recovery=False):
+        app.wake_sender()
+
+
+def note_unreadable(app: App, item: UnreadableInvoice) -> None:
+    """A pending invoice Crypto Pay returns in a form we cannot read: it may be paid, so it stays
+    pending and is asked about again; admins are alerted once per invoice."""
+    if item.invoice_id is None:
+        return
+    if app.db.invoice_unreadable(item.invoice_id, item.error, app.now(), app.config.admin_ids):
+        log.error("invoice %s: Crypto Pay returns it in a form ClubBot cannot read (%s); it stays pending "
+                  "and is asked about again at every poll; admins alerted", item.invoice_id, item.error)
+        app.wake_sender()
+
+
+class WebhookWatch:
+    """The poller's memory of the payments it applied (invoice id -> when), looked at again
+    WEBHOOK_GRACE later: if no webhook for any invoice has arrived since, webhooks are not
+    arriving. A payment the poller finds first is not alarming in itself (it polls often);
+    silence afterwards is. Kept in memory on purpose: a payment applied before this process
+    started, or before webhooks worked again, says nothing about webhooks now."""
+
+    def __init__(self) -> None:
+        self.applied: dict[int, int] = {}
+
+    def poller_applied(self, invoice_id: int, at: int) -> None:
+        self.applied[invoice_id] = at
+
+    def check(self, app: App) -> None:
+        """Alert (once per outage) if a payment applied WEBHOOK_GRACE ago has seen no webhook since."""
+        now = app.now()
+        due = sorted((at, invoice_id) for invoice_id, at in self.applied.items() if now - at >= WEBHOOK_GRACE)
+        for at, invoice_id in due:
+            if not app.db.webhook_seen_since(at):
+                note_webhook(app, False, invoice_id)
+            del self.applied[invoice_id]
+
+
 def club_name(app: App) -> str:
-    titles = [app.chat_titles[c] for c in app.config.club_chat_ids if c in app.chat_titles]
+    titles = [app.chat_titles[c] for c in app.club_chats() if c in app.chat_titles]
     return titles[0] if titles else (app.bot_username and f"@{app.bot_username}") or "the club"
 
 
@@ -71,16 +117,18 @@ def buy(app: App, user_id: int, plan: Plan, plan_title: str) -> Purchase:
             app.bot_username = app.bot.get_me().username
         except Exception:
             log.warning("getMe failed; the invoice gets no button back to the bot")
-    reusable = app.db.reusable_invoice(user_id, plan.id, plan.amount, plan.currency, now + REUSE_MARGIN)
+    accepted_assets = app.config.accepted_assets
+    reusable = app.db.reusable_invoice(user_id, plan.id, plan.duration, plan.amount, plan.currency,
+                                       plan.is_fiat, accepted_assets, now + REUSE_MARGIN)
     if reusable is not None:
         return Purchase(invoice=reusable)
     payment_uuid = app.db.start_invoice(user_id, plan.id, plan.duration, plan.amount, plan.currency,
-                                        plan.is_fiat, now, app.config.invoice_ttl)
+                                        plan.is_fiat, now, app.config.invoice_ttl, accepted_assets)
     try:
         invoice = app.cryptopay.create_invoice(
             amount=plan.amount, currency=plan.currency, fiat=plan.is_fiat, payload=payment_uuid,
             description=f"{club_name(app)}: {plan_title}", expires_in=app.config.invoice_ttl,
-            accepted_assets=app.config.accepted_assets,
+            accepted_assets=accepted_assets,
             paid_btn_url=f"https://t.me/{app.bot_username}" if app.bot_username else None,
         )
     except CryptoPayError as exc:
@@ -108,13 +156,18 @@ def check(app: App, payment_uuid: str, user_id: int) -> str:
     if row["status"] == "mismatch":
         return "check_mismatch"
     try:
-        found = app.cryptopay.get_invoices([row["invoice_id"]])
+        batch = app.cryptopay.fetch_invoices([row["invoice_id"]])
     except CryptoPayError as exc:
         log.warning("check payment: getInvoices failed: %s", exc)
         note_crypto_pay(app, exc)
         return "check_failed"
     note_crypto_pay(app, None)
-    invoice = next((i for i in found if i.invoice_id == row["invoice_id"]), None)
+    unreadable = next((i for i in batch.unreadable if i.invoice_id == row["invoice_id"]), None)
+    if unreadable is not None:
+        # Not "can't find it, get a new one": it may be paid, and the member must not pay twice.
+        note_unreadable(app, unreadable)
+        return "check_failed"
+    invoice = next((i for i in batch.found if i.invoice_id == row["invoice_id"]), None)
     if invoice is None:
         return "check_expired" if row["status"] != "pending" else "check_unknown"
     if invoice.status == "paid":
@@ -128,17 +181,19 @@ def check(app: App, payment_uuid: str, user_id: int) -> str:
     return "check_waiting" if row["status"] == "pending" else "check_expired"
 
 
-def poll_once(app: App) -> int:
+def poll_once(app: App, watch: WebhookWatch | None = None) -> int:
     """Ask Crypto Pay about every pending invoice of ours; apply the paid, mark the expired.
 
-    Returns the number of getInvoices calls made (none when nothing is pending).
-    Raises CryptoPayError when Crypto Pay fails.
+    An invoice returned in a form we cannot read stays pending (admins are told once) and is
+    asked about again next time. The payments applied are handed to `watch`, if given and
+    WEBHOOK_URL is set. Returns the number of getInvoices calls made (none when nothing is
+    pending). Raises CryptoPayError when Crypto Pay fails.
     """
     pending = app.db.pending_invoice_ids()
     if not pending:
         return 0
     try:
-        invoices = app.cryptopay.get_invoices(pending)
+        batch = app.cryptopay.fetch_invoices(pending)
     except CryptoPayError as exc:
         note_crypto_pay(app, exc)
         raise
@@ -147,7 +202,16 @@ def poll_once(app: App) -> int:
     now = app.now()
     expired: list[int] = []
     seen: set[int] = set()
-    for invoice in invoices:
+    # An unreadable item that names no invoice could be any of them: none is "missing" this round.
+    blind = any(item.invoice_id is None for item in batch.unreadable)
+    for item in batch.unreadable:
+        if item.invoice_id is not None:
+            seen.add(item.invoice_id)
+            try:
+                note_unreadable(app, item)
+            except Exception:  # the alert waits for the next poll; the rest goes on
+                log.exception("poller: recording unreadable invoice %s failed", item.invoice_id)
+    for invoice in batch.found:
         seen.add(invoice.invoice_id)
         if invoice.status == "paid":
             try:
@@ -155,15 +219,14 @@ def poll_once(app: App) -> int:
             except Exception:  # one bad row must not stop the rest
                 log.exception("poller: applying invoice %s failed", invoice.invoice_id)
                 continue
-            if result.outcome is Outcome.APPLIED:
-                log.warning("poller: invoice %s was paid but its webhook has not arrived", invoice.invoice_id)
-                # A webhook may still be on its way for a payment of a moment ago.
-                if invoice.paid_at is None or now - invoice.paid_at > WEBHOOK_GRACE:
-                    note_webhook(app, False, invoice.invoice_id)
+            if result.outcome is Outcome.APPLIED and app.config.webhook_url:
+                log.info("poller: invoice %s was paid before its webhook arrived", invoice.invoice_id)
+                if watch is not None:
+                    watch.poller_applied(invoice.invoice_id, now)
             log_applied(result.outcome, invoice.invoice_id, "poller", result.user_id, result.expires_at)
         elif invoice.status == "expired":
             expired.append(invoice.invoice_id)
-    missing = [i for i in pending if i not in seen]
+    missing = [] if blind else [i for i in pending if i not in seen]
     if missing:
         expired.extend(app.db.stale_invoice_ids(missing, now - FORGET_AFTER))
     if expired:

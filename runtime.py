@@ -2,16 +2,19 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from config import Config
 from cryptopay import CryptoPay
 from db import Database
+from files import make_private_folders, open_private
+from health import Heartbeats
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -61,7 +64,7 @@ class LogHandler(logging.Handler):
         self.file = None
         self.size = 0
         if path is not None:
-            self.file = path.open("a", encoding="utf-8")
+            self.file = _open_log(path)
             self.size = self.file.tell()
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -85,7 +88,7 @@ class LogHandler(logging.Handler):
             if older.exists():
                 older.replace(self.path.with_name(f"{self.path.name}.{number + 1}"))
         self.path.replace(self.path.with_name(f"{self.path.name}.1"))
-        self.file = self.path.open("a", encoding="utf-8")
+        self.file = _open_log(self.path)
         self.size = 0
 
     def close(self) -> None:
@@ -95,10 +98,15 @@ class LogHandler(logging.Handler):
         super().close()
 
 
+def _open_log(path: Path) -> TextIO:
+    """The log for appending; a new one is 0600 (it names members), and renaming keeps that."""
+    return open(open_private(path, os.O_WRONLY | os.O_APPEND), "a", encoding="utf-8")
+
+
 def setup_logging(config: Config, stream: Any = None, to_file: bool = True) -> None:
     """Log to the rotating LOG_FILE (the services) and to stderr, secrets redacted, one line per event."""
     if to_file:
-        config.log_file.parent.mkdir(parents=True, exist_ok=True)
+        make_private_folders(config.log_file.parent)
     handler = LogHandler(config.log_file if to_file else None, stream or sys.stderr)
     handler.setFormatter(RedactingFormatter(config.secrets))
     root = logging.getLogger()
@@ -134,9 +142,28 @@ class App:
     bot_id: int | None = None
     chat_titles: dict[int, str] = field(default_factory=dict)
     chat_types: dict[int, str] = field(default_factory=dict)
+    # Club groups upgraded to supergroups: old id -> new id (db.chat_migrations), followed at once.
+    chat_migrations: dict[int, int] = field(default_factory=dict)
+    heartbeats: Heartbeats = field(default_factory=Heartbeats)
 
     def now(self) -> int:
         return self.clock.now()
+
+    def club_chats(self) -> tuple[int, ...]:
+        """CLUB_CHAT_IDS as the chats are now: a group upgraded to a supergroup by its new id."""
+        chats: list[int] = []
+        for chat_id in self.config.club_chat_ids:
+            seen = {chat_id}
+            while chat_id in self.chat_migrations and self.chat_migrations[chat_id] not in seen:
+                chat_id = self.chat_migrations[chat_id]
+                seen.add(chat_id)
+            if chat_id not in chats:
+                chats.append(chat_id)
+        return tuple(chats)
+
+    def heartbeat(self, name: str) -> None:
+        """A sign of life from the worker `name`, once per turn of its loop (see health.py)."""
+        self.heartbeats.beat(name)
 
     def wake_sender(self) -> None:
         self.outbox_ready.set()
@@ -151,4 +178,5 @@ def build_app(config: Config, clock: Clock | None = None) -> App:
         db=database,
         clock=clock or Clock(),
         cryptopay=CryptoPay(config.crypto_pay_api_url, config.crypto_pay_token),
+        chat_migrations=database.chat_migrations(),
     )

@@ -194,3 +194,11 @@ CREATE TABLE unusable_webhooks (
     error       TEXT    NOT NULL,
     body        BLOB    NOT NULL
 );
+
+-- Expiries handled (removed_for = expires_at); those in the future again after a clock
+-- correction are found here and handled once more when they really come.
+CREATE INDEX subscriptions_handled ON subscriptions(expires_at) WHERE removed_for = expires_at;
+
+-- For a fiat invoice, the assets it may be paid in as ACCEPTED_ASSETS said when it was
+-- made ('' = any; NULL for crypto): an invoice is reused only while that still holds.
+ALTER TABLE invoices ADD COLUMN accepted_assets TEXT;

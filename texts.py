@@ -6,7 +6,7 @@ UTC, written out the way each language writes them.
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 LANGUAGES = ("ru", "en")
@@ -76,10 +76,15 @@ TEXTS: dict[str, dict[str, str]] = {
         "admin_usage_broadcast": "Usage: /broadcast TEXT: sends TEXT to every member with time left.",
         "admin_unknown_user": "I don't know {user}: they have not talked to the bot yet. Use their numeric id.",
         "admin_bad_duration": "'{duration}' is not a duration like 30d, 12h or 90m.",
+        "admin_duration_too_long": "'{duration}' is longer than {limit}, the most that can be given at once.",
+        "admin_grant_too_far": "Not done: {user} would then be active for more than {limit} from now. Nothing was changed.",
+        "admin_ambiguous_user": "{user} names more than one member: {candidates}. Nothing was changed; use the numeric id.",
+        "admin_candidate": "id {user_id} (last seen {seen})",
+        "admin_seen_unknown": "unknown",
         "admin_granted": "Done: {user} is active until {date}.",
         "admin_revoked": "Done: {user}'s membership is ended; they are being removed from the club.",
         "admin_nothing_to_revoke": "{user} has no membership to end.",
-        "admin_user": "{user} (id {user_id}), language {language}, first seen {since}\n{status}\n\nPayments:\n{invoices}\n\nHistory:\n{history}",
+        "admin_user": "{user}, language {language}, first seen {since}\n{status}\n\nPayments:\n{invoices}\n\nHistory:\n{history}",
         "admin_user_active": "Active until {date}.",
         "admin_user_inactive": "No time left.",
         "admin_none": "none",
@@ -88,7 +93,10 @@ TEXTS: dict[str, dict[str, str]] = {
         "admin_export_caption": "Members and payments, {date}.",
         "admin_alert_token": "Crypto Pay refuses the app token ({error}). No invoice can be created or checked until CRYPTO_PAY_TOKEN is fixed.",
         "admin_alert_token_back": "Crypto Pay accepts the app token again.",
+        "admin_chat_migrated": "The group {chat} was upgraded to a supergroup, and Telegram gave it a new id: {new} (it was {old}). ClubBot follows it already; write {new} instead of {old} in CLUB_CHAT_IDS so that it still does after a restart.",
         "admin_alert_webhook": "A payment was found by polling, but its webhook never came (invoice {invoice_id}). Check the webhook URL in @CryptoBot (My Apps, your app, Webhooks): it should be {url}, and enabled.",
+        "admin_alert_webhook_unusable": "CryptoBot sent a correctly signed webhook that ClubBot cannot use ({error}). It was answered 200, so that CryptoBot keeps the webhook enabled, and kept in the database (table unusable_webhooks, record {record_id}). Payments are still confirmed by polling. Further such webhooks are kept without another alert until one is used again.",
+        "admin_alert_invoice_unreadable": "Crypto Pay returns invoice {invoice_id} (member {user_id}) in a form ClubBot cannot read ({error}). It stays pending and is asked about again at every poll: if it was paid, the member gets access as soon as it reads correctly.",
         "days_left_one": "{n} day left",
         "days_left_many": "{n} days left",
         "days_left_less": "less than a day left",
@@ -163,10 +171,15 @@ TEXTS: dict[str, dict[str, str]] = {
         "admin_usage_broadcast": "Формат: /broadcast ТЕКСТ — отправляет ТЕКСТ всем участникам с активной подпиской.",
         "admin_unknown_user": "Я не знаю {user}: этот пользователь ещё не писал боту. Укажите числовой id.",
         "admin_bad_duration": "«{duration}» — не срок вида 30d, 12h или 90m.",
+        "admin_duration_too_long": "«{duration}» — дольше, чем {limit}: больше за один раз выдать нельзя.",
+        "admin_grant_too_far": "Не выполнено: тогда {user} был бы активен больше чем на {limit} вперёд. Ничего не изменено.",
+        "admin_ambiguous_user": "{user} — так назван не один участник: {candidates}. Ничего не изменено; укажите числовой id.",
+        "admin_candidate": "id {user_id} (последний раз {seen})",
+        "admin_seen_unknown": "неизвестно",
         "admin_granted": "Готово: {user} активен до {date}.",
         "admin_revoked": "Готово: подписка {user} прекращена, пользователь удаляется из клуба.",
         "admin_nothing_to_revoke": "У {user} нет подписки, которую можно прекратить.",
-        "admin_user": "{user} (id {user_id}), язык {language}, впервые {since}\n{status}\n\nОплаты:\n{invoices}\n\nИстория:\n{history}",
+        "admin_user": "{user}, язык {language}, впервые {since}\n{status}\n\nОплаты:\n{invoices}\n\nИстория:\n{history}",
         "admin_user_active": "Активен до {date}.",
         "admin_user_inactive": "Подписки нет.",
         "admin_none": "нет",
@@ -175,7 +188,10 @@ TEXTS: dict[str, dict[str, str]] = {
         "admin_export_caption": "Участники и оплаты, {date}.",
         "admin_alert_token": "Crypto Pay не принимает токен приложения ({error}). Пока CRYPTO_PAY_TOKEN не исправлен, счета нельзя ни создать, ни проверить.",
         "admin_alert_token_back": "Crypto Pay снова принимает токен приложения.",
+        "admin_chat_migrated": "Группа {chat} стала супергруппой, и Telegram дал ей новый id: {new} (был {old}). ClubBot уже работает с новым id; впишите {new} вместо {old} в CLUB_CHAT_IDS, чтобы так было и после перезапуска.",
         "admin_alert_webhook": "Оплата найдена опросом, но её webhook не пришёл (счёт {invoice_id}). Проверьте адрес webhook в @CryptoBot (My Apps, ваше приложение, Webhooks): он должен быть {url} и включён.",
+        "admin_alert_webhook_unusable": "CryptoBot прислал webhook с верной подписью, который ClubBot не может использовать ({error}). На него ответили 200, чтобы CryptoBot не отключил webhook, и сохранили в базе (таблица unusable_webhooks, запись {record_id}). Оплаты по-прежнему подтверждаются опросом. Следующие такие webhook сохраняются без нового уведомления, пока какой-нибудь не будет использован.",
+        "admin_alert_invoice_unreadable": "Crypto Pay возвращает счёт {invoice_id} (участник {user_id}) в виде, который ClubBot не может прочитать ({error}). Счёт остаётся ожидающим и проверяется при каждом опросе: если он оплачен, участник получит доступ, как только счёт прочитается.",
         "days_left_one": "остался {n} день",
         "days_left_few": "осталось {n} дня",
         "days_left_many": "осталось {n} дней",
@@ -227,15 +243,32 @@ def counted(lang: str, stem: str, n: int) -> str:
     return t(lang, f"{stem}_{plural_form(lang, n)}", n=n)
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_FIRST_SECOND = int((datetime(1, 1, 1, tzinfo=UTC) - _EPOCH).total_seconds())
+_LAST_SECOND = int((datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC) - _EPOCH).total_seconds())
+
+
+def utc(timestamp: float) -> datetime:
+    """The moment of a unix timestamp, held within the years datetime can show (1 to 9999).
+
+    Every stored timestamp must format: a database from before durations were bounded
+    may hold an expiry thousands of years away, and one crash here would silence
+    /status, the sender and the export.
+    """
+    if timestamp != timestamp:  # NaN, should sqlite ever hand back a REAL
+        timestamp = 0
+    return _EPOCH + timedelta(seconds=min(_LAST_SECOND, max(_FIRST_SECOND, timestamp)))
+
+
 def format_date(timestamp: int, lang: str) -> str:
-    moment = datetime.fromtimestamp(timestamp, UTC)
+    moment = utc(timestamp)
     month = MONTHS.get(lang, MONTHS["en"])[moment.month - 1]
     return f"{moment.day} {month} {moment.year}, {moment:%H:%M} UTC"
 
 
 def days_left(expires_at: int, now: int, lang: str) -> str:
-    seconds = expires_at - now
-    if seconds < 86400:
+    seconds = min(expires_at, _LAST_SECOND) - now  # counted to the last date format_date shows
+    if not seconds >= 86400:  # NaN included
         return t(lang, "days_left_less")
     return counted(lang, "days_left", math.floor(seconds / 86400))
 

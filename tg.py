@@ -73,6 +73,11 @@ class RateLimiter:
             if self._sleep(min(max(wait, 0.001), 0.5), stop):
                 return False
 
+    def chat_wait(self, chat_id: int) -> float:
+        """Seconds until this chat's next message may go (0: now)."""
+        with self._lock:
+            return max(0.0, self._chat_next.get(chat_id, 0.0) - self._monotonic())
+
     def _forget_chats(self, now: float) -> None:
         self._chat_next = {chat: ready for chat, ready in self._chat_next.items() if ready > now}
 
@@ -92,6 +97,15 @@ class Failure:
     kind: str  # "flood" (wait retry_after), "blocked" (403), "rejected" (other 4xx), "transient"
     description: str
     retry_after: int = 0
+
+
+def migrated_to(exc: BaseException) -> int | None:
+    """The new id of a group that became a supergroup, when a call to its old id says so."""
+    if isinstance(exc, apihelper.ApiTelegramException) and isinstance(exc.result_json, dict):
+        new_id = (exc.result_json.get("parameters") or {}).get("migrate_to_chat_id")
+        if isinstance(new_id, int) and not isinstance(new_id, bool):
+            return new_id
+    return None
 
 
 def classify(exc: BaseException) -> Failure:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import resource
 import sqlite3
 import sys
 import threading
@@ -17,7 +18,7 @@ import waitress
 
 from cryptopay import parse_invoice, signature_matches
 from db import Outcome
-from payments import log_applied, note_webhook
+from payments import log_applied, note_unusable_webhook, note_webhook
 from runtime import App
 
 log = logging.getLogger("clubbot.http")
@@ -25,6 +26,16 @@ log = logging.getLogger("clubbot.http")
 MAX_BODY = 64 * 1024
 # waitress refuses anything larger on its own; up to it, the app answers 413 in JSON.
 SERVER_MAX_BODY = 1024 * 1024
+# Limits against slow and idle clients (a slowloris). Slots are cheap while idle (one file
+# descriptor and a small object each), so there are many; the idle are closed soon; and the
+# kernel holds the overflow. A descriptor per connection, two while a large body is spooled
+# to a temporary file: the limit is kept within the process's descriptor limit (LimitNOFILE
+# in systemd/*.service), with room left for the database, the logs and outgoing calls.
+CONNECTION_LIMIT = 1000
+FDS_RESERVED = 100
+CHANNEL_TIMEOUT = 30  # seconds a connection may sit with no byte in either direction
+CLEANUP_INTERVAL = 5  # seconds between looks for such connections
+BACKLOG = 1024  # connections the kernel holds while every slot is taken
 WEBHOOK_PATH = "/webhook/cryptobot"
 HEALTH_PATH = "/health"
 STATUS_LINES = {200: "200 OK", 400: "400 Bad Request", 401: "401 Unauthorized", 404: "404 Not Found",
@@ -73,11 +84,15 @@ def make_wsgi_app(app: App) -> Callable:
         head = environ["REQUEST_METHOD"] == "HEAD"
         now = int(time.time())
         try:
-            app.db.ping()
+            # One small read: the beats other processes wrote, which also shows the database answers.
+            problems = app.heartbeats.problems(app.db, stopping=app.stop.is_set())
         except sqlite3.Error as exc:
-            log.error("health check failed: %s", exc)
+            problems = [f"database: {exc}"]
+        if problems:
+            error = "; ".join(problems)
+            log.error("health check failed: %s", error)
             return _respond(start_response, 503, {"status": "unhealthy", "timestamp": now,
-                                                  "error": str(exc)}, head=head)
+                                                  "error": error}, head=head)
         return _respond(start_response, 200, {"status": "healthy", "timestamp": now}, head=head)
 
     def webhook(environ: dict, start_response: StartResponse) -> list[bytes]:
@@ -103,17 +118,17 @@ def make_wsgi_app(app: App) -> Callable:
         log.info("webhook received from %s (%s bytes): signature check passed", client, size)
         try:
             update = json.loads(body)
-        except ValueError:
-            return _error(start_response, 400, "body is not JSON")
+        except (ValueError, RecursionError):  # RecursionError: nested too deep to parse
+            return unusable(start_response, body, "body is not JSON")
         if not _valid_update(update):
-            return _error(start_response, 400, "body is not a Crypto Pay update")
+            return unusable(start_response, body, "body is not a Crypto Pay update")
         if update["update_type"] != "invoice_paid":
             log.info("webhook: update_type %.40s ignored", update["update_type"])
             return _respond(start_response, 200, {"ok": True, "ignored": True})
         try:
             invoice = parse_invoice(update["payload"])
         except ValueError as exc:
-            return _error(start_response, 400, f"bad invoice: {exc}")
+            return unusable(start_response, body, f"bad invoice: {exc}")
         if invoice.status != "paid":
             log.warning("webhook: invoice_paid for invoice %s with status %s ignored",
                         invoice.invoice_id, invoice.status)
@@ -124,11 +139,30 @@ def make_wsgi_app(app: App) -> Callable:
             log.error("webhook: invoice %s not applied, the database failed: %s", invoice.invoice_id, exc)
             return _error(start_response, 500, "database unavailable, retry later")
         log_applied(result.outcome, invoice.invoice_id, "webhook", result.user_id, result.expires_at)
-        if result.outcome is Outcome.APPLIED:
-            note_webhook(app, True, invoice.invoice_id)
+        if result.outcome is not Outcome.NOT_OURS:
+            # One for an invoice of ours came (even a duplicate): CryptoBot delivers and we can read
+            # it. An update for an invoice not ours proves neither (ping-webhook sends one).
+            try:
+                note_webhook(app, True, invoice.invoice_id)
+                note_unusable_webhook(app, True)
+            except sqlite3.Error as exc:  # the payment is done; the next webhook records this
+                log.warning("webhook: could not record that webhooks work: %s", exc)
         if result.outcome in (Outcome.APPLIED, Outcome.MISMATCH):
             app.wake_sender()
         return _respond(start_response, 200, {"ok": True})
+
+    def unusable(start_response: StartResponse, body: bytes, error: str) -> list[bytes]:
+        """A correctly signed body comes from CryptoBot, which retries a 4xx for days and then
+        disables the webhook: keep it for the owner, tell the admins once, answer 200."""
+        try:
+            record_id = app.db.record_unusable_webhook(body, error, app.now())
+            note_unusable_webhook(app, False, error, record_id)
+        except sqlite3.OperationalError as exc:
+            log.error("webhook: an unusable update (%s) was not recorded, the database failed: %s", error, exc)
+            return _error(start_response, 500, "database unavailable, retry later")
+        log.error("webhook: a correctly signed update cannot be used (%s); kept as unusable_webhooks record %s "
+                  "and answered 200", error, record_id)
+        return _respond(start_response, 200, {"ok": True, "ignored": True})
 
     def application(environ: dict, start_response: StartResponse) -> list[bytes]:
         path = environ.get("PATH_INFO") or "/"
@@ -151,6 +185,19 @@ def make_wsgi_app(app: App) -> Callable:
     return application
 
 
+def connection_limit() -> int:
+    """CONNECTION_LIMIT, or fewer if the process's descriptor limit cannot hold that many."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return CONNECTION_LIMIT
+    fits = max(10, (soft - FDS_RESERVED) // 2)
+    if fits < CONNECTION_LIMIT:
+        log.warning("the open-files limit (%d) allows %d HTTP connections, not %d; raise it (LimitNOFILE, "
+                    "ulimit -n) to %d", soft, fits, CONNECTION_LIMIT, 2 * CONNECTION_LIMIT + FDS_RESERVED)
+        return fits
+    return CONNECTION_LIMIT
+
+
 def create_server(app: App, host: str | None = None, port: int | None = None):
     """A waitress server for the app, not yet running (call .run())."""
     config = app.config
@@ -160,7 +207,12 @@ def create_server(app: App, host: str | None = None, port: int | None = None):
         threads=4,
         ident="clubbot",
         max_request_body_size=SERVER_MAX_BODY,
-        channel_timeout=30,
+        connection_limit=connection_limit(),
+        channel_timeout=CHANNEL_TIMEOUT,
+        cleanup_interval=CLEANUP_INTERVAL,
+        backlog=BACKLOG,
+        # select() cannot watch descriptors numbered 1024 or more, which so many connections reach.
+        asyncore_use_poll=True,
         clear_untrusted_proxy_headers=True,
     )
     if config.trusted_proxy:

@@ -1,4 +1,4 @@
-"""The background loops: the outbox sender, the payment poller, Telegram's update poller.
+"""The background loops: the outbox sender, the payment poller, the sweeper (updates.py: Telegram's updates).
 
 Each loop has a stop event, bounded waits, backoff, one log line per failure,
 and survives a bad row.
@@ -11,23 +11,23 @@ import sqlite3
 import threading
 import time
 
-import requests
 from telebot import types
 
 import texts
 from cryptopay import CryptoPayError
 from db import Database
 from handlers import member_language, plans_keyboard
-from payments import poll_once
+from payments import WebhookWatch, poll_once
 from runtime import App
-from tg import LONG_POLL_SECONDS, classify
+from tg import classify, migrated_to
 
 log = logging.getLogger("clubbot.workers")
 
 # The sender gives a message up when it has failed for this long.
 GIVE_UP_AFTER = 3 * 86400
 MAX_BACKOFF = 600
-ALLOWED_UPDATES = ["message", "callback_query", "chat_join_request", "my_chat_member"]
+MAX_RETRY_AFTER = 3600  # a longer 429 wait from Telegram is taken as this
+LONGEST_WAIT = max(MAX_BACKOFF, MAX_RETRY_AFTER)  # a row due later than this was queued by a clock ahead
 
 
 class Stopping(Exception):
@@ -43,6 +43,7 @@ NEVER_GIVE_UP = frozenset({"expire"})
 JOIN_REQUEST_WAIT = 86400  # a join request waits this long for a payment, then is declined
 ADMINS_TTL = 600  # seconds a club chat's admin list is trusted
 BROADCAST_EDIT_EVERY = 3.0  # seconds between edits of a broadcast's progress message
+UPDATES_KEPT = 7 * 86400  # handled Telegram updates are remembered this long (Telegram keeps them a day)
 
 
 class Sender:
@@ -68,8 +69,12 @@ class Sender:
             "admin_rights": self._admin_rights,
             "granted": self._granted,
             "broadcast": self._broadcast,
+            "broadcast_started": self._broadcast_started,
             "admin_token": self._admin_token,
             "admin_webhook": self._admin_webhook,
+            "admin_webhook_unusable": self._admin_webhook_unusable,
+            "admin_invoice_unreadable": self._admin_invoice_unreadable,
+            "admin_migrated": self._admin_migrated,
         }
         self._broadcast_edits: dict[int, tuple[float, int]] = {}
         self._admins: dict[int, tuple[float, frozenset[int]]] = {}
@@ -79,6 +84,7 @@ class Sender:
     def run(self) -> None:
         log.info("sender started")
         while not self.app.stop.is_set():
+            self.app.heartbeat("sender")
             try:
                 done = self.run_once()
             except Exception:
@@ -149,8 +155,9 @@ class Sender:
             self._retry(row, now, str(exc), where)
             return
         if failure.kind == "flood":
-            self.app.limiter.pause(failure.retry_after)
-            self.db.message_retry(row["id"], now + failure.retry_after, failure.description, count_attempt=False)
+            wait = min(failure.retry_after, MAX_RETRY_AFTER)
+            self.app.limiter.pause(wait)
+            self.db.message_retry(row["id"], now + wait, failure.description, count_attempt=False)
             log.warning("%s: Telegram asks to wait %ss", where, failure.retry_after)
             return
         if failure.kind == "blocked":
@@ -172,10 +179,8 @@ class Sender:
         log.warning("%s: failed (%s), retrying in %ss", where, description, delay)
 
     def call(self, method, *args, **kwargs):
-        """One Bot API call through the shared rate budget."""
-        if not self.app.limiter.acquire(self.app.stop):
-            raise Stopping()
-        return method(*args, **kwargs)
+        """One Bot API call through the shared rate budget (a chat's migration followed)."""
+        return budgeted_call(self.app, method, *args, **kwargs)
 
     def send(self, chat_id: int, text: str, **kwargs):
         """sendMessage through the shared budget, at most one a second per chat."""
@@ -206,7 +211,7 @@ class Sender:
         approved: list[str] = []
         keyboard = types.InlineKeyboardMarkup()
         links = 0
-        for chat_id in self.app.config.club_chat_ids:
+        for chat_id in self.app.club_chats():
             title = self.chat_title(chat_id, lang)
             if chat_id in waiting and self._approve_request(chat_id, user_id):
                 approved.append(title)
@@ -233,18 +238,34 @@ class Sender:
             links += 1
         return approved, keyboard if links else None
 
+    def _time_left(self, user_id: int, kind: str) -> int | None:
+        """The member's expiry if they have time now; None (and a log line) if not.
+
+        Asked at delivery, not when the row was queued: a row waiting for a retry must
+        not let in someone who was revoked or expired meanwhile.
+        """
+        expires_at = self.db.expires_at(user_id)
+        if expires_at is None or expires_at <= self.app.now():
+            log.info("%s for member %s dropped: no time left now", kind, user_id)
+            return None
+        return expires_at
+
     def _activated(self, user_id: int, payload: dict) -> None:
+        expires_at = self._time_left(user_id, "activation message")
+        if expires_at is None:
+            return
         lang = member_language(self.app, user_id)
-        now = self.app.now()
-        expires_at = self.db.expires_at(user_id) or payload["expires_at"]
         header = texts.t(lang, "activated", date=texts.format_date(expires_at, lang),
-                         days_left=texts.days_left(expires_at, now, lang))
+                         days_left=texts.days_left(expires_at, self.app.now(), lang))
         self._send_way_in(user_id, lang, header)
 
     def _way_in_message(self, user_id: int, payload: dict) -> None:
-        self._send_way_in(user_id, member_language(self.app, user_id), None)
+        if self._time_left(user_id, "way in") is not None:
+            self._send_way_in(user_id, member_language(self.app, user_id), None)
 
     def _send_way_in(self, user_id: int, lang: str, header: str | None) -> None:
+        """The way in for a member with time left (the caller checked): our bans lifted first."""
+        self._lift_our_bans(user_id)
         lines = [header] if header else []
         approved, keyboard = self._way_in(user_id, lang)
         if approved:
@@ -315,10 +336,14 @@ class Sender:
         expires_at = self.db.expires_at(user_id)
         grace = 0 if payload.get("revoked") else self.app.config.grace_period
         if expires_at is not None and expires_at + grace > now:
-            log.info("member %s renewed before removal; nothing to do", user_id)
+            # An earlier try may have banned and then failed before the unban: lift it now.
+            self._lift_our_bans(user_id)
+            # Renewed, or queued while the clock ran ahead: then this expiry is not handled yet.
+            self.db.expiry_not_handled(user_id, now)
+            log.info("member %s has time left (renewed, or the clock was ahead); not removed now", user_id)
             return
         removed = []
-        for chat_id in self.app.config.club_chat_ids:
+        for chat_id in self.app.club_chats():
             if user_id in self.app.config.admin_ids or user_id in self.chat_admins(chat_id):
                 log.info("member %s is an admin of chat %s; not removed", user_id, chat_id)
                 continue
@@ -338,10 +363,28 @@ class Sender:
                   reply_markup=plans_keyboard(self.app, lang, renew=False))
 
     def _remove(self, chat_id: int, user_id: int) -> bool:
-        """Ban and unban: out of the chat, free to come back. False if they are an admin there."""
+        """Ban and unban: out of the chat, free to come back. False if they are an admin there,
+        or banned by the chat's moderators (their ban is theirs: left as it is).
+
+        The ban is recorded before it is asked for and forgotten after its unban, so a ban
+        that was made is always followed by its unban, after a failure or a kill between
+        the two calls too (a member who renews meanwhile gets the unban alone).
+        """
         try:
+            if chat_id not in self.db.our_bans(user_id):
+                status = self.call(self.bot.get_chat_member, chat_id, user_id).status
+                if status == "kicked":
+                    log.info("member %s is banned from chat %s by its moderators; left as it is", user_id, chat_id)
+                    return False
+                if status in ("administrator", "creator"):
+                    log.info("member %s is an admin of chat %s; not removed", user_id, chat_id)
+                    return False
+                if status == "left":
+                    return True  # not in the chat: nothing to undo
+                self.db.ban_started(chat_id, user_id, self.app.now())
+            # Asked again on a retry: a ban that failed (429, 502, timeout) may not have been made.
             self.call(self.bot.ban_chat_member, chat_id, user_id)
-            self.call(self.bot.unban_chat_member, chat_id, user_id, only_if_banned=True)
+            self._unban(chat_id, user_id)
             return True
         except Stopping:
             raise
@@ -351,13 +394,28 @@ class Sender:
             if failure.kind == "blocked" or "rights" in text or "chat not found" in text:
                 raise RemovalBlocked(f"chat {chat_id}: {failure.description}") from None
             if failure.kind == "rejected" and ("administrator" in text or "owner" in text):
+                self.db.ban_lifted(chat_id, user_id)  # Telegram made no ban
                 log.info("member %s is an admin of chat %s; not removed", user_id, chat_id)
                 return False
             if failure.kind == "rejected":
+                # No ban was made, or Telegram cannot lift it (a basic group): nothing left to lift.
                 log.warning("removing member %s from chat %s: %s; taken as done", user_id, chat_id,
                             failure.description)
+                self.db.ban_lifted(chat_id, user_id)
                 return True
             raise
+
+    def _unban(self, chat_id: int, user_id: int) -> None:
+        """Lift a ban ClubBot made (only_if_banned: a member who is not banned is left alone)."""
+        self.call(self.bot.unban_chat_member, chat_id, user_id, only_if_banned=True)
+        self.db.ban_lifted(chat_id, user_id)
+
+    def _lift_our_bans(self, user_id: int) -> None:
+        """Lift every ban of this member that ClubBot made and has not lifted yet; raises
+        (and the row is retried) while Telegram fails, so the unban always follows."""
+        for chat_id in self.db.our_bans(user_id):
+            self._unban(chat_id, user_id)
+            log.info("member %s: a ban left by an interrupted removal from chat %s is lifted", user_id, chat_id)
 
     def chat_admins(self, chat_id: int) -> frozenset[int]:
         """The chat's administrators and owner, who are never removed."""
@@ -389,11 +447,11 @@ class Sender:
                  payload["chat_id"])
 
     def _granted(self, user_id: int, payload: dict) -> None:
+        expires_at = self._time_left(user_id, "grant message")
+        if expires_at is None:
+            return  # revoked again meanwhile
         lang = member_language(self.app, user_id)
         now = self.app.now()
-        expires_at = self.db.expires_at(user_id) or payload["expires_at"]
-        if expires_at <= now:
-            return  # revoked again meanwhile
         header = texts.t(lang, "granted", duration=texts.duration_text(payload["duration"], lang),
                          date=texts.format_date(expires_at, lang), days_left=texts.days_left(expires_at, now, lang))
         self._send_way_in(user_id, lang, header)
@@ -401,6 +459,29 @@ class Sender:
     def _broadcast(self, user_id: int, payload: dict) -> None:
         broadcast = self.db.broadcast(payload["broadcast_id"])
         self.send(user_id, broadcast["text"])
+
+    def _broadcast_started(self, admin_chat: int, payload: dict) -> None:
+        """The admin's progress message, then an edit if the members' rows got ahead of it."""
+        broadcast_id = payload["broadcast_id"]
+        broadcast = self.db.broadcast(broadcast_id)
+        if broadcast is None or broadcast["message_id"] is not None:
+            return
+        lang = member_language(self.app, admin_chat)
+        shown = broadcast["sent"] + broadcast["failed"]
+        progress = self.send(admin_chat, self._broadcast_text(broadcast, lang))
+        self._broadcast_edits[broadcast_id] = (time.monotonic(), shown)
+        # Set before the counts are read again; a member's row counts before it reads the id.
+        # So whichever finishes last sees the other's write, and the last count is shown.
+        self.db.set_broadcast_message(broadcast_id, progress.message_id)
+        now = self.db.broadcast(broadcast_id)
+        if now["sent"] + now["failed"] != shown:
+            self._broadcast_progress(broadcast_id)
+
+    @staticmethod
+    def _broadcast_text(broadcast, lang: str) -> str:
+        finished = broadcast["sent"] + broadcast["failed"] >= broadcast["total"]
+        key = "admin_broadcast_done" if finished else "admin_broadcast_progress"
+        return texts.t(lang, key, total=broadcast["total"], sent=broadcast["sent"], failed=broadcast["failed"])
 
     def _broadcast_progress(self, broadcast_id: int) -> None:
         """Edit the admin's progress message: every few seconds, and at the end."""
@@ -413,9 +494,7 @@ class Sender:
         if not finished and (time.monotonic() - last_edit < BROADCAST_EDIT_EVERY or done == last_done):
             return
         self._broadcast_edits[broadcast_id] = (time.monotonic(), done)
-        lang = member_language(self.app, broadcast["admin_chat"])
-        key = "admin_broadcast_done" if finished else "admin_broadcast_progress"
-        text = texts.t(lang, key, total=broadcast["total"], sent=broadcast["sent"], failed=broadcast["failed"])
+        text = self._broadcast_text(broadcast, member_language(self.app, broadcast["admin_chat"]))
         try:
             self.call(self.bot.edit_message_text, text, broadcast["admin_chat"], broadcast["message_id"])
         except Stopping:
@@ -439,6 +518,21 @@ class Sender:
         url = self.app.config.public_webhook_url or "https://your-domain.com/webhook/cryptobot"
         self.send(admin_id, texts.t(lang, "admin_alert_webhook", invoice_id=payload.get("invoice_id"), url=url))
 
+    def _admin_webhook_unusable(self, admin_id: int, payload: dict) -> None:
+        lang = member_language(self.app, admin_id)
+        self.send(admin_id, texts.t(lang, "admin_alert_webhook_unusable", error=payload.get("error"),
+                                    record_id=payload.get("record_id")))
+
+    def _admin_invoice_unreadable(self, admin_id: int, payload: dict) -> None:
+        lang = member_language(self.app, admin_id)
+        self.send(admin_id, texts.t(lang, "admin_alert_invoice_unreadable", invoice_id=payload.get("invoice_id"),
+                                    user_id=payload.get("user_id"), error=payload.get("error")))
+
+    def _admin_migrated(self, admin_id: int, payload: dict) -> None:
+        lang = member_language(self.app, admin_id)
+        self.send(admin_id, texts.t(lang, "admin_chat_migrated", chat=self.chat_title(payload["new"], lang),
+                                    old=payload["old"], new=payload["new"]))
+
     def _admin_rights(self, admin_id: int, payload: dict) -> None:
         lang = member_language(self.app, admin_id)
         chat = self.chat_title(payload["chat_id"], lang)
@@ -461,6 +555,7 @@ class Sweeper:
         delay = 0.0
         log.info("sweeper started, every %ss", interval)
         while not self.app.stop.wait(delay):
+            self.app.heartbeat("sweeper")
             delay = interval
             try:
                 self.sweep_once()
@@ -472,16 +567,20 @@ class Sweeper:
         now = self.app.now()
         db, config = self.app.db, self.app.config
         done = {"declined": db.queue_declines(now - JOIN_REQUEST_WAIT, now),
-                "reminded": db.queue_reminders(now, config.remind_before), "expired": 0}
+                "reminded": db.queue_reminders(now, config.remind_before), "expired": 0,
+                "undone": db.undo_early_removals(now),
+                "pulled back": db.pull_back_future_work(now, LONGEST_WAIT)}
         while not self.app.stop.is_set():
             batch = db.queue_expiries(now, config.grace_period)
             done["expired"] += batch
             if batch < 500:
                 break
         if any(done.values()):
-            log.info("sweep: %(expired)d expired, %(reminded)d reminders, %(declined)d join requests declined",
+            log.info("sweep: %(expired)d expired, %(reminded)d reminders, %(declined)d join requests declined, "
+                     "%(undone)d removals undone and %(pulled back)d messages made due (the clock had run ahead)",
                      done)
             self.app.wake_sender()
+        db.forget_updates(now - UPDATES_KEPT)
         if self.app.bot is not None:
             self.check_rights(now)
         return done
@@ -496,7 +595,7 @@ class Sweeper:
             except Exception as exc:
                 log.warning("rights check skipped: getMe failed: %s", classify(exc).description)
                 return
-        for chat_id in app.config.club_chat_ids:
+        for chat_id in app.club_chats():
             try:
                 member = self._call(app.bot.get_chat_member, chat_id, bot_id)
                 if chat_id not in app.chat_types:
@@ -522,9 +621,33 @@ class Sweeper:
                 app.wake_sender()
 
     def _call(self, method, *args):
-        if not self.app.limiter.acquire(self.app.stop):
+        return budgeted_call(self.app, method, *args)
+
+
+def budgeted_call(app: App, method, *args, **kwargs):
+    """A Bot API call through the shared rate budget. A club group upgraded to a supergroup
+    answers calls to its old id (the first argument) with the new one: recorded, asked again."""
+    for attempt in range(2):
+        if not app.limiter.acquire(app.stop):
             raise Stopping()
-        return method(*args)
+        try:
+            return method(*args, **kwargs)
+        except Exception as exc:
+            new_id = migrated_to(exc)
+            if attempt or new_id is None or not args or args[0] == new_id:
+                raise
+            follow_migration(app, args[0], new_id)
+            args = (new_id, *args[1:])
+    raise AssertionError("unreachable")
+
+
+def follow_migration(app: App, old: int, new: int) -> None:
+    """Work on the new id from now on; the admins are told to update CLUB_CHAT_IDS."""
+    app.chat_migrations[old] = new
+    if app.db.record_migration(old, new, app.now(), app.config.admin_ids):
+        log.warning("club chat %s was upgraded to a supergroup: it is now %s (write that in CLUB_CHAT_IDS)",
+                    old, new)
+        app.wake_sender()
 
 
 def missing_rights(member, chat_type: str | None) -> list[str]:
@@ -547,6 +670,8 @@ class Poller:
 
     def __init__(self, app: App):
         self.app = app
+        # The payments this poller applied, looked at again once their webhooks had time to come.
+        self.watch = WebhookWatch()
 
     def run(self) -> None:
         interval = self.app.config.poll_interval
@@ -554,8 +679,13 @@ class Poller:
         delay = 0.0
         log.info("payment poller started, every %ss", interval)
         while not self.app.stop.wait(delay):
+            self.app.heartbeat("poller")
+            try:  # first, and whether or not Crypto Pay answers below
+                self.watch.check(self.app)
+            except Exception:
+                log.exception("poller: checking whether webhooks arrive failed")
             try:
-                poll_once(self.app)
+                poll_once(self.app, self.watch)
             except CryptoPayError as exc:
                 failures += 1
                 delay = min(interval * 2 ** failures, max(interval, 300))
@@ -571,68 +701,6 @@ class Poller:
             failures = 0
             delay = interval
         log.info("payment poller stopped")
-
-
-class UpdatePoller:
-    """Long-polls Telegram for updates and hands them to the handlers, one at a time.
-
-    An update is confirmed (by the next getUpdates offset) only after it was
-    handled, so updates fetched while stopping come again at the next start.
-    """
-
-    def __init__(self, app: App):
-        self.app = app
-        self.bot = app.bot
-        self.offset: int | None = None
-        self.idle = threading.Event()
-        self.idle.set()
-
-    def run(self) -> None:
-        backoff = 1.0
-        log.info("Telegram polling started")
-        while not self.app.stop.is_set():
-            try:
-                updates = self.bot.get_updates(offset=self.offset, timeout=LONG_POLL_SECONDS + 10,
-                                               long_polling_timeout=LONG_POLL_SECONDS,
-                                               allowed_updates=ALLOWED_UPDATES)
-            except Exception as exc:
-                if self.app.stop.is_set():
-                    break
-                log.warning("getUpdates failed: %s; retrying in %.0fs", classify(exc).description, backoff)
-                self.app.stop.wait(backoff)
-                backoff = min(backoff * 2, 60)
-                continue
-            backoff = 1.0
-            self.idle.clear()
-            try:
-                for update in updates:
-                    if self.app.stop.is_set():
-                        break
-                    try:
-                        self.bot.process_new_updates([update])
-                    except Exception:
-                        log.exception("update %s: handler failed", update.update_id)
-                    self.offset = update.update_id + 1
-            finally:
-                self.idle.set()
-        log.info("Telegram polling stopped")
-
-    def shutdown(self, timeout: float) -> None:
-        """Wait for the update in hand, then confirm what was handled.
-
-        The confirming getUpdates must not long-poll (TeleBot turns a long-poll timeout of 0
-        into its default of 10 s), so it goes out directly, with Telegram's timeout=0.
-        """
-        self.idle.wait(timeout)
-        if self.offset is None:
-            return
-        config = self.app.config
-        try:
-            response = requests.get(f"{config.telegram_api_url}/bot{config.bot_token}/getUpdates",
-                                    params={"offset": self.offset, "limit": 1, "timeout": 0}, timeout=(2, 2))
-            response.raise_for_status()
-        except requests.RequestException as exc:
-            log.warning("could not confirm handled updates: %s", classify(exc).description)
 
 
 def start_thread(name: str, target) -> threading.Thread:

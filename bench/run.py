@@ -5,6 +5,7 @@ Sections (all on this machine, against local fakes; nothing leaves it):
             keep-alive clients, beside a bare waitress app as the ceiling
   fallback  a payment whose webhook never comes, to activation; Crypto Pay calls per poll
   sweep     10,000 expiries against a fake Bot API that enforces a rate limit
+  flood     activations of other members while one member floods the bot with commands
   size      idle memory, start-up time, /stats, with an empty and a large database
 
 `python bench/run.py webhook size` runs some of them.
@@ -209,6 +210,93 @@ def bench_sweep(folder: Path) -> None:
                         "bound_s": round(bound, 1), "too_many": telegram.too_many, "lost": lost}
 
 
+# --- flood ---
+
+def flood_updates(user_id: int, count: int) -> list[dict]:
+    person = {"id": user_id, "is_bot": False, "first_name": "Flood", "language_code": "en"}
+    return [{"message": {"message_id": n, "date": int(time.time()), "chat": {"id": user_id, "type": "private"},
+                         "from": person, "text": text,
+                         "entities": [{"type": "bot_command", "offset": 0, "length": len(text)}]}}
+            for n, text in enumerate(["/link", "/help", "/status"] * (count // 3))]
+
+
+def activation_latencies(folder: Path, flood: int) -> tuple[list[float], int, int]:
+    """Activations of 40 members, 5 a second, while one member sends `flood` commands;
+    seconds from each webhook's 200 to its "active until" message reaching Telegram."""
+    import threading
+
+    import requests
+    from fakes import FakeCryptoPay, FakeTelegram
+    from tg_helpers import insert_pending
+
+    telegram, cryptopay = FakeTelegram(BOT_TOKEN), FakeCryptoPay(PAY_TOKEN)
+    port = free_port()
+    env = base_env(folder, telegram.url, cryptopay.api_url, port)
+    database = Database(folder / "clubbot.db")
+    database.migrate()
+    flooder = 700
+    with database.transaction() as tx:  # the flooder has time left: every /link asks for the way in
+        tx.execute("INSERT INTO members (user_id, uuid, language, created_at) VALUES (?, ?, 'en', ?)",
+                   (flooder, str(uuid.uuid4()), int(time.time())))
+        tx.execute("INSERT INTO subscriptions (user_id, expires_at, period_start, updated_at) VALUES (?, ?, ?, ?)",
+                   (flooder, int(time.time()) + 86400, int(time.time()), int(time.time())))
+    members = {1000 + n: insert_pending(database, cryptopay, 1000 + n) for n in range(40)}
+    process = start([str(ROOT / "clubbot.py")], env, folder)
+    latencies: dict[int, float] = {}
+    try:
+        wait_for_port(port)
+        while not telegram.called("getUpdates"):
+            time.sleep(0.05)
+        for update in flood_updates(flooder, flood):
+            telegram.push_update(update)
+        asked: dict[int, float] = {}
+
+        def watch() -> None:
+            deadline = time.monotonic() + 120
+            while len(latencies) < len(members) and time.monotonic() < deadline:
+                for user in list(asked):
+                    if user not in latencies and any("active until" in m.get("text", "")
+                                                     for m in telegram.messages_to(user)):
+                        latencies[user] = time.monotonic() - asked[user]
+                time.sleep(0.01)
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        for user, invoice_id in members.items():
+            body = paid_body(invoice_id, database.connect().execute(
+                "SELECT payment_uuid FROM invoices WHERE invoice_id = ?", (invoice_id,)).fetchone()[0])
+            method, path, data, headers = signed(body)
+            requests.post(f"http://127.0.0.1:{port}{path}", data=data, headers=headers, timeout=10)
+            asked[user] = time.monotonic()
+            time.sleep(0.2)
+        watcher.join()
+        answered = len(telegram.messages_to(flooder))
+    finally:
+        stop(process)
+        telegram.close()
+        cryptopay.close()
+    return sorted(latencies.values()), len(members) - len(latencies), answered
+
+
+def bench_flood(folder: Path) -> None:
+    print("flood (one member sends 1,200 commands during 40 activations; TELEGRAM_RATE=25)")
+    results = {}
+    for flood in (0, 1200):
+        (folder / str(flood)).mkdir()
+        latencies, lost, answered = activation_latencies(folder / str(flood), flood)
+        p50 = latencies[len(latencies) // 2] if latencies else float("nan")
+        worst = latencies[-1] if latencies else float("nan")
+        label = "with the flood" if flood else "alone"
+        row(f"activation to message, {label}: median / worst", f"{p50:5.2f} s / {worst:5.2f} s",
+            "within a few s of alone" if flood else "")
+        if flood:
+            row("the flooder's commands answered", f"{answered} of {flood}")
+        row(f"activations not delivered, {label}", str(lost), "0")
+        results[str(flood)] = {"median_s": round(p50, 3), "worst_s": round(worst, 3), "lost": lost,
+                               "flooder_answered": answered}
+    RESULTS["flood"] = results
+
+
 # --- size ---
 
 def seed_big(database: Database, members: int = 100_000, payments: int = 1_000_000) -> None:
@@ -291,7 +379,8 @@ def bench_size(folder: Path) -> None:
     RESULTS["size"] = results
 
 
-SECTIONS = {"webhook": bench_webhook, "fallback": bench_fallback, "sweep": bench_sweep, "size": bench_size}
+SECTIONS = {"webhook": bench_webhook, "fallback": bench_fallback, "sweep": bench_sweep, "flood": bench_flood,
+            "size": bench_size}
 
 
 def main(argv: list[str]) -> int:

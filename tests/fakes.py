@@ -120,6 +120,8 @@ class FakeTelegram(FakeServer):
         self.owners: dict[int, int] = {}  # chat -> its owner's user id
         self.admins: dict[int, list[int]] = {}  # chat -> other admins' user ids
         self.rights_lost: set[int] = set()  # chats where the bot is no longer an admin
+        self.statuses: dict[tuple[int, int], str] = {}  # (chat, user) -> "left", ...; default "member"
+        self.migrated: dict[int, int] = {}  # a group upgraded to a supergroup: old id -> new id
         self.rate_limit: int | None = None  # calls allowed in any one second; beyond: 429
         self.too_many = 0
         self._window: list[float] = []
@@ -143,6 +145,13 @@ class FakeTelegram(FakeServer):
                     return 429, {"ok": False, "error_code": 429, "description": "Too Many Requests: retry after 1",
                                  "parameters": {"retry_after": 1}}
                 self._window.append(now)
+        chat_id = params.get("chat_id")
+        if chat_id is not None and int(chat_id) in self.migrated:
+            with self.lock:
+                self.calls.append((path.rsplit("/", 1)[-1], params))
+            return 400, {"ok": False, "error_code": 400,
+                         "description": "Bad Request: group chat was upgraded to a supergroup chat",
+                         "parameters": {"migrate_to_chat_id": self.migrated[int(chat_id)]}}
         return super().dispatch(path, params, headers)
 
     def answer(self, method: str, params: dict, headers) -> tuple[int, object]:
@@ -190,7 +199,16 @@ class FakeTelegram(FakeServer):
             result = [self._member(user, status) for user, status in people]
         elif method == "getChatMember":
             chat_id, user_id = int(params["chat_id"]), int(params["user_id"])
-            status = "member" if chat_id in self.rights_lost else "administrator"
+            if user_id == 777:  # the bot itself
+                status = "member" if chat_id in self.rights_lost else "administrator"
+            elif user_id == self.owners.get(chat_id):
+                status = "creator"
+            elif user_id in self.admins.get(chat_id, []):
+                status = "administrator"
+            else:
+                with self.lock:
+                    banned = (chat_id, user_id) in self.banned
+                status = "kicked" if banned else self.statuses.get((chat_id, user_id), "member")
             result = self._member(user_id, status)
         elif method == "createChatInviteLink":
             result = {"invite_link": f"https://t.me/+fake{next(self.link_ids)}",
@@ -204,6 +222,8 @@ class FakeTelegram(FakeServer):
         member = {"user": {"id": user_id, "is_bot": user_id == 777, "first_name": "U"}, "status": status}
         if status == "creator":
             member["is_anonymous"] = False
+        if status == "kicked":
+            member["until_date"] = 0
         if status == "administrator":
             member.update(can_be_edited=False, is_anonymous=False, can_manage_chat=True, can_delete_messages=True,
                           can_manage_video_chats=True, can_restrict_members=True, can_promote_members=False,
@@ -380,4 +400,6 @@ class RateLimitedBot:
         from types import SimpleNamespace
 
         self._hit("getChatMember")
+        if user_id != 777:
+            return SimpleNamespace(status="kicked" if (chat_id, user_id) in self.banned else "member")
         return SimpleNamespace(status="administrator", can_invite_users=True, can_restrict_members=True)

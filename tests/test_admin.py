@@ -65,7 +65,7 @@ def test_stats_counts_members_revenue_pending_and_draws_payments(bot, app, teleg
 def test_grant_gives_time_tells_the_member_and_records_who(bot, app, telegram, clock):
     command(bot, "/start", user_id=501)
     command(bot, "/grant @m501 30d", user_id=ADMIN)
-    assert last_text(telegram).startswith("Done: @m501 is active until")
+    assert last_text(telegram).startswith("Done: @m501 (id 501) is active until")
     assert app.db.expires_at(501) == clock.now() + 30 * DAY
     Sender(app).run_once()
     told = last_text(telegram, 501)
@@ -103,7 +103,7 @@ def test_revoke_removes_at_once_without_grace(bot, app, telegram, make_config, c
     settle(app)
     assert telegram.removed == [(CLUB_CHAT, 501)]
     command(bot, "/revoke 501", user_id=ADMIN)
-    assert last_text(telegram) == "@m501 has no membership to end."
+    assert last_text(telegram) == "@m501 (id 501) has no membership to end."
 
 
 def test_user_shows_the_subscription_and_its_history(bot, app, telegram, cryptopay):
@@ -130,10 +130,13 @@ def test_broadcast_reaches_active_members_and_edits_one_progress_message(bot, ap
         member_with_time(app, user)
     app.db.upsert_member(504, "gone", "Gone", "en", app.now())  # no time: not a recipient
     command(bot, "/broadcast Meeting tonight\nat 8", user_id=ADMIN)
-    progress = last_text(telegram)
-    assert progress == "Broadcast to 3 members: 0 sent, 0 failed."
+    sender = Sender(app)
+    first = app.db.due_messages(app.now())[0]
+    assert first["kind"] == "broadcast_started"  # the progress message goes ahead of the members'
+    sender.deliver(first)
+    assert last_text(telegram) == "Broadcast to 3 members: 0 sent, 0 failed."
     telegram.fail("sendMessage", (403, {"ok": False, "error_code": 403, "description": "Forbidden: blocked"}))
-    while Sender(app).run_once():
+    while sender.run_once():
         pass
     got = {user: [m["text"] for m in telegram.messages_to(user)] for user in (501, 502, 503, 504)}
     assert sum(texts == ["Meeting tonight\nat 8"] for texts in got.values()) == 2  # one had blocked the bot
@@ -165,22 +168,33 @@ def test_admins_hear_once_when_crypto_pay_refuses_the_token_and_once_when_it_is_
     assert alerts[1] == "Crypto Pay accepts the app token again."
 
 
-def test_admins_hear_once_when_webhooks_stop_arriving(app, cryptopay, telegram, server):
+def test_admins_hear_once_when_webhooks_stop_arriving(app, cryptopay, telegram, server, clock):
+    import dataclasses
+
     from conftest import paid_update, post_signed
 
+    from payments import WEBHOOK_GRACE, WebhookWatch
+
+    app.config = dataclasses.replace(app.config, webhook_url="https://club.example.com")
+    watch = WebhookWatch()
     app.db.upsert_member(ADMIN, "boss", "Boss", "en", app.now())
     for user in (501, 502):
         app.db.upsert_member(user, f"m{user}", "M", "en", app.now())
         row = buy(app, user, app.config.plan("month"), "month").invoice
         cryptopay.pay(row["invoice_id"])
-    poll_once(app)  # two payments found by polling, one alert
+    poll_once(app, watch)  # two payments found by polling, and no webhook after them: one alert
+    clock.advance(WEBHOOK_GRACE)
+    watch.check(app)
     app.db.upsert_member(503, "m503", "M", "en", app.now())
     row = buy(app, 503, app.config.plan("month"), "month").invoice
     assert post_signed(server + "/webhook/cryptobot", paid_update(cryptopay.pay(row["invoice_id"]))).status_code == 200
+    clock.advance(1)
     app.db.upsert_member(504, "m504", "M", "en", app.now())
     row = buy(app, 504, app.config.plan("month"), "month").invoice
     cryptopay.pay(row["invoice_id"])
-    poll_once(app)  # webhooks had worked again in between: a new alert
+    poll_once(app, watch)  # webhooks had worked again in between: a new alert
+    clock.advance(WEBHOOK_GRACE)
+    watch.check(app)
     while Sender(app).run_once():
         pass
     alerts = [m["text"] for m in telegram.messages_to(ADMIN) if "webhook never came" in m["text"]]
@@ -193,7 +207,7 @@ def test_cli_grant_stats_revoke_and_export(tmp_path, env, app):
     app.db.upsert_member(501, "alice", "Alice", "en", app.now())
     code, out, err = run_cli(env, tmp_path, "grant", "@alice", "30d")
     assert code == 0, err
-    assert out.startswith("Done: @alice is active until")
+    assert out.startswith("Done: @alice (id 501) is active until")
     code, out, _ = run_cli(env, tmp_path, "stats")
     assert code == 0 and "Active: 1" in out
     code, _, err = run_cli(env, tmp_path, "export", str(tmp_path / "out.csv"))

@@ -5,6 +5,7 @@ import shutil
 import signal
 import sqlite3
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -15,7 +16,8 @@ from conftest import ROOT, START, paid_update, post_signed, start_process, wait_
 
 from cryptopay import CryptoPayError
 from payments import buy
-from workers import Poller, Sender, UpdatePoller
+from updates import UpdatePoller
+from workers import Poller, Sender
 
 CLUBBOT = str(ROOT / "clubbot.py")
 MONTH, YEAR = 30 * 86400, 365 * 86400
@@ -237,3 +239,92 @@ def test_sender_lanes_keep_every_message_once_and_in_order_per_chat(app, telegra
     for user in range(200):
         assert [m["text"] for m in telegram.messages_to(1000 + user)] == ["0", "1", "2"]
     assert len(telegram.sent) == 600
+
+
+def expired_member(app, user_id=501) -> None:
+    """A member whose time ran out a moment ago, by the real clock the processes use."""
+    from db import extend_subscription
+
+    now = int(time.time())
+    app.db.upsert_member(user_id, f"m{user_id}", "Member", "en", now)
+    with app.db.transaction() as tx:
+        extend_subscription(tx, user_id, 60, now - 70)
+
+
+def run_bot_until(tmp_path, env, condition, timeout=20):
+    """Start `clubbot.py bot`, wait for `condition`, stop it with SIGTERM."""
+    process = start_process([CLUBBOT, "bot"], env, tmp_path)
+    try:
+        try:
+            wait_for(condition, timeout=timeout)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            _, err = process.communicate(timeout=15)
+        assert process.returncode == 0, err
+    except AssertionError:
+        print(err if "err" in locals() else "")
+        raise
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+@pytest.mark.parametrize("renews", [False, True], ids=["no renewal", "renewed meanwhile"])
+def test_a_kill_between_ban_and_unban_is_followed_by_the_unban(tmp_path, env, app, telegram, renews):
+    from conftest import CLUB_CHAT
+
+    expired_member(app)
+    # Banned; the unban is in flight when the kill comes, and Telegram never carries it out.
+    telegram.fail("unbanChatMember", (502, b"bad gateway"))
+    telegram.hang.add("unbanChatMember")
+    first = start_process([CLUBBOT, "bot"], env, tmp_path)
+    try:
+        wait_for(lambda: telegram.called("unbanChatMember"), timeout=20)
+        first.kill()
+        first.wait(10)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert (CLUB_CHAT, 501) in telegram.banned
+    if renews:
+        result = subprocess.run([sys.executable, CLUBBOT, "grant", "501", "30d"], cwd=tmp_path,
+                                env={"PATH": os.environ.get("PATH", ""), **env}, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+    telegram.hang.discard("unbanChatMember")
+    telegram.released.set()
+    expected = "active until" if renews else "has ended"
+    run_bot_until(tmp_path, env, lambda: any(expected in m.get("text", "") for m in telegram.messages_to(501)))
+    assert (CLUB_CHAT, 501) not in telegram.banned  # free to come back, or in
+    conn = sqlite3.connect(app.db.path)
+    assert conn.execute("SELECT count(*) FROM bans").fetchone() == (0,)
+    if not renews:
+        assert telegram.removed == [(CLUB_CHAT, 501)]
+
+
+def test_a_kill_after_a_grant_committed_and_before_its_update_was_confirmed_grants_once(tmp_path, env, app,
+                                                                                         telegram):
+    from conftest import ADMIN
+
+    telegram.hang.add("sendMessage")  # the admin's "Done" is in flight when the kill comes
+    telegram.push_update({"message": {
+        "message_id": 41, "date": START, "chat": {"id": ADMIN, "type": "private"},
+        "from": {"id": ADMIN, "is_bot": False, "first_name": "Boss"}, "text": "/grant 501 30d",
+        "entities": [{"type": "bot_command", "offset": 0, "length": 6}]}})
+    first = start_process([CLUBBOT, "bot"], env, tmp_path)
+    conn = sqlite3.connect(app.db.path)
+    try:
+        wait_for(lambda: any(int(p["chat_id"]) == ADMIN for p in telegram.called("sendMessage")), timeout=20)
+        first.kill()
+        first.wait(10)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    [(granted_until,)] = conn.execute("SELECT expires_at FROM subscriptions WHERE user_id = 501").fetchall()
+    assert conn.execute("SELECT status FROM updates").fetchall() == [("pending",)]
+    telegram.hang.discard("sendMessage")
+    telegram.released.set()
+    # The reply in flight at the kill is answered too, to no one; after the restart, a second.
+    run_bot_until(tmp_path, env, lambda: len(telegram.messages_to(ADMIN)) == 2)
+    assert conn.execute("SELECT expires_at FROM subscriptions WHERE user_id = 501").fetchall() == [(granted_until,)]
+    assert conn.execute("SELECT count(*) FROM audit WHERE action = 'granted'").fetchone() == (1,)
+    assert conn.execute("SELECT status FROM updates").fetchall() == [("done",)]

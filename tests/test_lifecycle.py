@@ -95,6 +95,9 @@ def test_link_gives_a_paying_member_the_way_in_again_and_others_the_plans(bot, a
     assert texts_to(telegram, 700)[-1].startswith("You have no active membership")
     member_with_time(app, 501)
     command(bot, "/link")
+    command(bot, "/link")  # while the first waits: one way in
+    settle(app)
+    assert len(telegram.messages_to(501)) == 1
     command(bot, "/link")
     settle(app)
     links = [buttons(m)[0]["url"] for m in telegram.messages_to(501)]

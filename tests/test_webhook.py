@@ -83,15 +83,92 @@ def test_it_answers_413_to_a_body_over_64_kib(app, server):
     assert response.json()["error"]
 
 
-def test_it_answers_400_to_a_signed_body_that_is_not_an_update(app, server):
-    for body in (b"not json", b"[1,2]", b'{"update_type":"invoice_paid"}', b"\xff\xfe",
-                 b'{"update_type":"invoice_paid","payload":{"invoice_id":"x","status":"paid"}}',
-                 b'{"update_type":"invoice_paid","payload":{"invoice_id":5,"status":"paid","asset":"USDT",'
-                 b'"amount":"NaN-ish"}}'):
+UNUSABLE_BODIES = (b"not json", b"[1,2]", b'{"update_type":"invoice_paid"}', b"\xff\xfe", b"[" * 5000,
+                   b'{"update_type":"invoice_paid","payload":{"invoice_id":"x","status":"paid"}}',
+                   b'{"update_type":"invoice_paid","payload":{"invoice_id":5,"status":"paid","asset":"USDT",'
+                   b'"amount":"NaN-ish"}}')
+
+
+def unusable_rows(app) -> list:
+    return app.db.connect().execute("SELECT error, body FROM unusable_webhooks ORDER BY id").fetchall()
+
+
+def alerts(app) -> list:
+    return app.db.connect().execute("SELECT * FROM outbox WHERE kind = 'admin_webhook_unusable'").fetchall()
+
+
+def test_a_signed_body_it_cannot_use_gets_200_not_400_and_is_kept_with_one_alert(app, cryptopay, server):
+    """A 4xx would have CryptoBot retry it for three days and then disable the webhook."""
+    invoice = paid_invoice(app, cryptopay)
+    before = counts(app)
+    for body in UNUSABLE_BODIES:
         response = post_signed(server + "/webhook/cryptobot", body)
-        assert response.status_code == 400, body
-        assert response.json()["error"]
-    assert counts(app)["audit"] == 0
+        assert response.status_code == 200, body
+        assert response.json() == {"ok": True, "ignored": True}
+    rows = unusable_rows(app)
+    assert [bytes(r["body"]) for r in rows] == list(UNUSABLE_BODIES)
+    assert [r["error"] for r in rows][:3] == ["body is not JSON", "body is not a Crypto Pay update",
+                                              "body is not a Crypto Pay update"]
+    assert rows[-1]["error"] == "bad invoice: amount is not a decimal string"
+    # Nothing applied, nothing changed but the record and one alert (outbox row, audit row) per admin.
+    assert app.db.subscription(501) is None
+    assert app.db.invoice_by_uuid(invoice["payload"])["status"] == "pending"
+    assert [(r["chat_id"], json.loads(r["payload"])["record_id"]) for r in alerts(app)] == [(ADMIN, 1)]
+    assert counts(app) == {**before, "outbox": before["outbox"] + 1, "audit": before["audit"] + 1}
+    assert [r["action"] for r in app.db.audit_rows()][-1] == "admin_webhook_unusable_bad"
+
+
+def test_a_new_unusable_webhook_alerts_again_only_after_one_was_used(app, cryptopay, server):
+    assert post_signed(server + "/webhook/cryptobot", b"not json").status_code == 200
+    assert post_signed(server + "/webhook/cryptobot", b"[]").status_code == 200
+    assert len(alerts(app)) == 1
+    # One for an invoice that is not ours (as ping-webhook sends) does not count as used.
+    stranger = {"invoice_id": 77, "status": "paid", "asset": "USDT", "amount": "5", "payload": "someone-else"}
+    assert post_signed(server + "/webhook/cryptobot", paid_update(stranger)).status_code == 200
+    assert post_signed(server + "/webhook/cryptobot", b"not json").status_code == 200
+    assert len(alerts(app)) == 1
+    assert post_signed(server + "/webhook/cryptobot", paid_update(paid_invoice(app, cryptopay))).status_code == 200
+    assert app.db.subscription(501) is not None
+    assert post_signed(server + "/webhook/cryptobot", b"not json").status_code == 200
+    assert len(alerts(app)) == 2
+    assert len(unusable_rows(app)) == 4
+
+
+def test_an_unsigned_unusable_body_is_still_401_and_not_kept(app, server):
+    for body in UNUSABLE_BODIES[:3]:
+        assert requests.post(server + "/webhook/cryptobot", data=body, timeout=10).status_code == 401
+        assert post_signed(server + "/webhook/cryptobot", body, token="1234:WRONGTOKEN").status_code == 401
+    assert unusable_rows(app) == [] and alerts(app) == []
+
+
+def test_an_unusable_webhook_is_500_while_the_database_is_locked(app, server, monkeypatch):
+    """Then CryptoBot retries, and the retry is kept."""
+    import db as db_module
+
+    monkeypatch.setattr(db_module, "BUSY_TIMEOUT_MS", 200)
+    app.db.close()
+    blocker = sqlite3.connect(app.db.path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        assert post_signed(server + "/webhook/cryptobot", b"not json").status_code == 500
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert unusable_rows(app) == []
+    assert post_signed(server + "/webhook/cryptobot", b"not json").status_code == 200
+    assert len(unusable_rows(app)) == 1 and len(alerts(app)) == 1
+
+
+def test_admins_read_the_unusable_webhook_alert_in_their_language(app, telegram, server):
+    from workers import Sender
+
+    app.db.upsert_member(ADMIN, "boss", "Boss", "ru", app.now())
+    assert post_signed(server + "/webhook/cryptobot", b"not json").status_code == 200
+    while Sender(app).run_once():
+        pass
+    [message] = telegram.messages_to(ADMIN)
+    assert "body is not JSON" in message["text"] and "unusable_webhooks" in message["text"]
+    assert message["text"].startswith("CryptoBot прислал webhook")
 
 
 def test_it_ignores_other_update_types_with_200(app, server):

@@ -1,0 +1,406 @@
+"""Paid means in, unpaid means out, whatever fails between two steps: half-done removals,
+rows queued before a revoke, clock jumps, moderators' bans, floods, updates handled twice."""
+import json
+import threading
+import time
+
+import pytest
+from conftest import ADMIN, CLUB_CHAT, START, wait_for
+from test_bot import command, join_request
+from test_lifecycle import DAY, member_with_time, paid, settle, texts_to
+from test_sender import BAD_GATEWAY
+
+from handlers import register_handlers
+from tg import RateLimiter
+from updates import MAX_QUEUED_PER_MEMBER, FairQueue, UpdatePoller
+from workers import Sender, Sweeper
+
+
+@pytest.fixture
+def bot(app):
+    register_handlers(app.bot, app)
+    return app.bot
+
+
+def outbox(app, kind):
+    rows = app.db.connect().execute("SELECT status, count(*) FROM outbox WHERE kind = ? GROUP BY status",
+                                    (kind,)).fetchall()
+    return [tuple(row) for row in rows]
+
+
+def drain(app):
+    sender = Sender(app)
+    while sender.run_once():
+        pass
+
+
+# --- a ban is always followed by its unban ---
+
+def test_a_member_who_renews_while_a_removal_is_half_done_ends_up_in_not_banned(app, telegram, cryptopay, clock):
+    expires_at = member_with_time(app)
+    telegram.fail("unbanChatMember", BAD_GATEWAY)  # banned, then the unban fails
+    clock.value = expires_at
+    settle(app, rounds=1)
+    assert (CLUB_CHAT, 501) in telegram.banned
+    paid(app, cryptopay)  # pays before the removal's retry
+    drain(app)  # the activation comes first: it lifts the ban before giving the way in
+    assert (CLUB_CHAT, 501) not in telegram.banned
+    assert "active until" in texts_to(telegram, 501)[-1]
+    clock.advance(120)
+    settle(app)  # the removal's retry: renewed, and no ban of ours is left
+    assert (CLUB_CHAT, 501) not in telegram.banned
+    assert app.db.our_bans(501) == []
+    assert outbox(app, "expire") == [("sent", 1)]
+
+
+def test_a_removal_retried_after_the_member_renewed_still_lifts_its_ban(app, telegram, cryptopay, clock):
+    """The activation's way in fails too; the removal's retry comes first and lifts the ban."""
+    expires_at = member_with_time(app)
+    telegram.fail("unbanChatMember", BAD_GATEWAY)
+    clock.value = expires_at
+    settle(app, rounds=1)
+    with app.db.transaction() as tx:  # renewed by hand, as an admin's grant would, with no message
+        tx.execute("UPDATE subscriptions SET expires_at = ? WHERE user_id = 501", (clock.now() + 30 * DAY,))
+    clock.advance(120)
+    Sender(app).run_once()
+    assert (CLUB_CHAT, 501) not in telegram.banned
+    assert app.db.our_bans(501) == []
+
+
+def test_a_ban_that_may_not_have_been_made_is_asked_again_before_the_unban(app, telegram, clock):
+    expires_at = member_with_time(app)
+    telegram.fail("banChatMember", BAD_GATEWAY)  # did it ban? A retry cannot know: ban, then unban
+    clock.value = expires_at
+    for _ in range(3):
+        settle(app, rounds=1)
+        clock.advance(60)
+    assert telegram.removed == [(CLUB_CHAT, 501)]
+    assert (CLUB_CHAT, 501) not in telegram.banned
+
+
+# --- a moderator's ban is theirs ---
+
+def test_expiry_does_not_lift_a_ban_made_by_the_chats_moderators(app, telegram, clock):
+    expires_at = member_with_time(app)
+    telegram.banned.add((CLUB_CHAT, 501))  # banned by hand, for abuse
+    clock.value = expires_at
+    settle(app)
+    assert (CLUB_CHAT, 501) in telegram.banned
+    assert telegram.called("unbanChatMember") == [] and telegram.called("banChatMember") == []
+    assert outbox(app, "expire") == [("sent", 1)]
+
+
+def test_a_member_banned_by_moderators_who_pays_is_not_let_back_in_by_clubbot(app, telegram, cryptopay, clock):
+    expires_at = member_with_time(app)
+    telegram.banned.add((CLUB_CHAT, 501))
+    clock.value = expires_at
+    settle(app)
+    paid(app, cryptopay)
+    drain(app)
+    assert (CLUB_CHAT, 501) in telegram.banned
+    assert telegram.called("unbanChatMember") == []
+
+
+def test_a_member_who_left_on_their_own_is_not_banned_at_expiry(app, telegram, clock):
+    expires_at = member_with_time(app)
+    telegram.statuses[(CLUB_CHAT, 501)] = "left"
+    clock.value = expires_at
+    settle(app)
+    assert telegram.called("banChatMember") == []
+    assert any("has ended" in t for t in texts_to(telegram, 501))
+
+
+# --- nothing queued before a revoke lets the member in ---
+
+def test_a_revoked_member_is_not_approved_by_a_way_in_queued_before_the_revoke(bot, app, telegram, clock):
+    command(bot, "/grant 501 30d", user_id=ADMIN)
+    telegram.fail("sendMessage", BAD_GATEWAY)  # the grant's message fails: its row waits for a retry
+    Sender(app).run_once()
+    command(bot, "/start")  # queues the way in again (collapsed into the waiting row)
+    command(bot, "/revoke 501", user_id=ADMIN)
+    drain(app)  # the revoke's removal
+    join_request(bot)  # with the personal link the member still holds
+    clock.advance(600)  # the old rows' retries are due
+    settle(app)
+    assert telegram.called("approveChatJoinRequest") == []
+    assert "To join" in texts_to(telegram, 501)[-1]
+    clock.advance(DAY + 60)
+    settle(app)
+    assert len(telegram.called("declineChatJoinRequest")) == 1
+
+
+def test_an_activation_queued_before_a_revoke_is_dropped_at_delivery(app, telegram, cryptopay, clock):
+    paid(app, cryptopay)
+    app.db.revoke(501, app.now(), "test")
+    drain(app)
+    assert not [t for t in texts_to(telegram, 501) if "active until" in t]
+    assert telegram.called("createChatInviteLink") == []
+
+
+# --- a clock that jumps ---
+
+class Monotonic:
+    """Telegram's pace runs on monotonic time, which a jump of the wall clock does not move."""
+
+    def __init__(self):
+        self.value = 0.0
+
+    def __call__(self) -> float:
+        return self.value
+
+    def sleep(self, seconds: float, stop=None) -> bool:
+        self.value += seconds
+        return False
+
+
+@pytest.fixture
+def jumpy(app):
+    monotonic = Monotonic()
+    app.limiter = RateLimiter(1000, monotonic=monotonic, sleep=monotonic.sleep)
+    return app
+
+
+def test_a_removal_done_while_the_clock_was_ahead_does_not_excuse_the_real_one(jumpy, telegram, clock):
+    app = jumpy
+    expires_at = member_with_time(app, days=30)
+    real = clock.value
+    clock.value = expires_at + DAY  # the clock jumps a month ahead
+    settle(app)
+    assert telegram.removed == [(CLUB_CHAT, 501)]
+    clock.value = real + 60  # and is corrected
+    settle(app)
+    assert "Not in the club yet?" in texts_to(telegram, 501)[-1]  # let back in: they have time
+    assert [r["action"] for r in app.db.audit_rows(501)][-1] == "removal_undone"
+    clock.value = expires_at - 1
+    settle(app)
+    assert telegram.removed == [(CLUB_CHAT, 501)]
+    clock.value = expires_at  # the real expiry
+    settle(app)
+    assert telegram.removed == [(CLUB_CHAT, 501), (CLUB_CHAT, 501)]
+    assert [t for t in texts_to(telegram, 501) if "has ended" in t].__len__() == 2
+
+
+def test_a_removal_queued_while_the_clock_was_ahead_and_sent_after_is_done_at_the_real_expiry(jumpy, telegram,
+                                                                                             clock):
+    app = jumpy
+    expires_at = member_with_time(app, days=30)
+    real = clock.value
+    clock.value = expires_at + DAY
+    Sweeper(app).sweep_once()  # queued while ahead
+    clock.value = real + 60
+    Sender(app).run_once()  # delivered after the correction, before any sweep: nothing to remove yet
+    assert telegram.removed == []
+    settle(app)
+    assert telegram.removed == []
+    assert "Not in the club yet?" in texts_to(telegram, 501)[-1]
+    clock.value = expires_at
+    settle(app)
+    assert telegram.removed == [(CLUB_CHAT, 501)]
+
+
+# --- floods ---
+
+def test_an_activation_queued_while_the_clock_was_ahead_is_sent_once_it_is_corrected(jumpy, telegram, cryptopay,
+                                                                                      clock):
+    app = jumpy
+    real = clock.value
+    clock.advance(40 * DAY)
+    paid(app, cryptopay)  # applied while ahead: its message is due "in 40 days"
+    clock.value = real + 60
+    settle(app, rounds=1)
+    assert "active until" in texts_to(telegram, 501)[-1]
+
+
+def test_a_thousand_link_commands_queue_one_way_in(bot, app, telegram):
+    member_with_time(app)
+    for _ in range(1000):
+        command(bot, "/link")
+    assert outbox(app, "way_in") == [("pending", 1)]
+    drain(app)
+    assert len(telegram.messages_to(501)) == 1
+
+
+def test_join_requests_sent_again_and_again_queue_one_approval(bot, app, telegram):
+    member_with_time(app)
+    for _ in range(50):
+        join_request(bot)
+    assert outbox(app, "approve") == [("pending", 1)]
+
+
+def test_the_sender_takes_recipients_in_turns(app):
+    now = app.now()
+    for number in range(300):
+        app.db.enqueue("text", 501, {"text": f"n{number}"}, now, priority=0)
+    app.db.enqueue("activated", 502, {"expires_at": now + DAY}, now + 1, priority=0)
+    due = app.db.due_messages(now + 1, limit=200)
+    assert [row["chat_id"] for row in due[:2]] == [501, 502]  # not behind 300 rows of another member
+
+
+def test_the_fair_queue_gives_each_member_a_turn_and_keeps_each_members_order():
+    waits = {1: 0.0, 2: 0.0, 3: 0.0}
+    queue = FairQueue(per_key=3, wait_for=lambda key: waits.get(key, 0.0))
+    stop = threading.Event()
+    for item in range(3):
+        assert queue.put(1, f"a{item}")
+    assert not queue.put(1, "a3")  # a member's queue is short: a flood is dropped
+    queue.put(2, "b0")
+    queue.put(3, "c0")
+    order = []
+    for _ in range(5):
+        key, item = queue.take(stop)
+        order.append(item)
+        queue.done(key)
+    assert order == ["a0", "b0", "c0", "a1", "a2"]
+    queue.put(1, "a4")
+    queue.put(2, "b1")
+    waits[1] = 5.0  # member 1's chat must wait: member 2 goes meanwhile
+    assert queue.take(stop)[1] == "b1"
+    assert queue.take(stop, timeout=0.2) is None
+
+
+def test_one_member_flooding_the_bot_does_not_delay_another(bot, app, telegram):
+    """30 /help from one member, then another member's /start: answered at once, not after 29 s."""
+    app.limiter = RateLimiter(1000)  # real time: a chat gets one message a second
+    flood = [{"message": {"message_id": n, "date": START, "chat": {"id": 501, "type": "private"},
+                          "from": {"id": 501, "is_bot": False, "first_name": "F"}, "text": "/help",
+                          "entities": [{"type": "bot_command", "offset": 0, "length": 5}]}} for n in range(30)]
+    for update in flood:
+        telegram.push_update(update)
+    telegram.push_update({"message": {"message_id": 99, "date": START, "chat": {"id": 502, "type": "private"},
+                                      "from": {"id": 502, "is_bot": False, "first_name": "O"}, "text": "/start",
+                                      "entities": [{"type": "bot_command", "offset": 0, "length": 6}]}})
+    poller = UpdatePoller(app)
+    poller.start_handlers()
+    started = time.monotonic()
+    try:
+        poller.fetch_once(long_poll=0)
+        wait_for(lambda: telegram.messages_to(502), timeout=10, step=0.01)
+        answered_in = time.monotonic() - started
+        assert answered_in < 1.5, answered_in
+        wait_for(lambda: len(telegram.messages_to(501)) >= MAX_QUEUED_PER_MEMBER, timeout=15)
+    finally:
+        app.stop.set()
+    time.sleep(1.2)
+    # The flooder is answered at a chat's pace, and only a short queue of it: the rest is dropped.
+    assert len(telegram.messages_to(501)) <= MAX_QUEUED_PER_MEMBER + 1
+    statuses = dict(app.db.connect().execute("SELECT status, count(*) FROM updates GROUP BY status").fetchall())
+    assert statuses.get("dropped", 0) >= 30 - MAX_QUEUED_PER_MEMBER - 1
+
+
+# --- each update once ---
+
+def admin_update(update_id, text, message_id):
+    return {"update_id": update_id, "message": {
+        "message_id": message_id, "date": START, "chat": {"id": ADMIN, "type": "private"},
+        "from": {"id": ADMIN, "is_bot": False, "first_name": "Boss", "language_code": "en"}, "text": text,
+        "entities": [{"type": "bot_command", "offset": 0, "length": len(text.split()[0])}]}}
+
+
+def handle_twice(app, update):
+    """Handle a stored update, then again as a restart after a kill before it was marked would."""
+    poller = UpdatePoller(app)
+    body = json.dumps(update)
+    app.db.store_updates([(update["update_id"], ADMIN, body)], app.now())
+    poller.handle(update["update_id"], body)
+    with app.db.transaction() as tx:
+        tx.execute("UPDATE updates SET status = 'pending' WHERE update_id = ?", (update["update_id"],))
+    [row] = app.db.pending_updates()
+    poller.handle(row["update_id"], row["body"])
+
+
+def test_a_grant_handled_again_after_a_kill_gives_its_time_once(bot, app, telegram):
+    handle_twice(app, admin_update(10, "/grant 501 30d", message_id=5))
+    assert app.db.expires_at(501) == START + 30 * DAY  # not 60 days
+    assert [r["action"] for r in app.db.audit_rows(501)] == ["granted"]
+    answers = texts_to(telegram, ADMIN)
+    assert len(answers) == 2 and all("active until" in t for t in answers)  # answered both times
+
+
+def test_a_broadcast_handled_again_after_a_kill_is_sent_once(bot, app, telegram):
+    member_with_time(app, 501)
+    handle_twice(app, admin_update(11, "/broadcast hello", message_id=6))
+    drain(app)
+    assert texts_to(telegram, 501) == ["hello"]
+    assert len(app.db.connect().execute("SELECT * FROM broadcasts").fetchall()) == 1
+
+
+def test_a_revoke_handled_again_after_a_kill_is_recorded_once(bot, app, telegram):
+    member_with_time(app, 501)
+    handle_twice(app, admin_update(12, "/revoke 501", message_id=7))
+    assert [r["action"] for r in app.db.audit_rows(501)].count("revoked") == 1
+
+
+def test_an_update_fetched_again_after_a_restart_is_not_handled_again(bot, app, telegram):
+    update = telegram.push_update({"message": admin_update(0, "/grant 501 30d", message_id=8)["message"]})
+    first = UpdatePoller(app)
+    first.fetch_once(long_poll=0)  # kept, then killed before the next getUpdates confirmed it
+    [row] = app.db.pending_updates()
+    first.handle(row["update_id"], row["body"])
+    second = UpdatePoller(app)  # a restart: Telegram sends it again
+    assert second.fetch_once(long_poll=0) == 1
+    assert second.queue.waiting() == 0
+    assert app.db.expires_at(501) == START + 30 * DAY
+    assert update["update_id"] == row["update_id"]
+
+
+# --- a group upgraded to a supergroup ---
+
+OLD_GROUP, SUPERGROUP = -4000001, -1004000001
+
+
+@pytest.fixture
+def upgraded(make_config, clock, telegram):
+    """A club whose CLUB_CHAT_IDS still names a group that Telegram has upgraded."""
+    from runtime import build_app
+    from tg import make_bot
+
+    app = build_app(make_config(CLUB_CHAT_IDS=str(OLD_GROUP)), clock=clock)
+    app.bot = make_bot(app.config.bot_token, app.config.telegram_api_url)
+    app.limiter = RateLimiter(1000, monotonic=clock.monotonic, sleep=clock.sleep)
+    app.bot_username = "club_test_bot"
+    app.db.upsert_member(ADMIN, "boss", "Boss", "en", app.now())
+    telegram.migrated[OLD_GROUP] = SUPERGROUP
+    yield app
+    app.stop.set()
+    app.db.close()
+
+
+def test_a_club_group_upgraded_to_a_supergroup_keeps_working(upgraded, telegram, cryptopay, clock):
+    app = upgraded
+    paid(app, cryptopay)
+    drain(app)
+    [link] = telegram.called("createChatInviteLink")[-1:]
+    assert int(link["chat_id"]) == SUPERGROUP  # followed at once, not an error for the member
+    assert "active until" in texts_to(telegram, 501)[-1]
+    [alert] = [t for t in texts_to(telegram, ADMIN) if "supergroup" in t]
+    assert str(SUPERGROUP) in alert and str(OLD_GROUP) in alert and "CLUB_CHAT_IDS" in alert
+    register_handlers(app.bot, app)
+    join_request(app.bot, chat_id=SUPERGROUP)  # the new chat's requests are the club's
+    drain(app)
+    assert [int(a["chat_id"]) for a in telegram.called("approveChatJoinRequest")] == [SUPERGROUP]
+    clock.advance(30 * DAY)
+    settle(app)
+    assert telegram.removed == [(SUPERGROUP, 501)]
+    assert len([t for t in texts_to(telegram, ADMIN) if "supergroup" in t]) == 1  # told once
+
+
+def test_the_migration_is_remembered_across_a_restart(upgraded, make_config, clock, telegram, cryptopay):
+    from runtime import build_app
+
+    paid(upgraded, cryptopay)
+    drain(upgraded)
+    restarted = build_app(make_config(CLUB_CHAT_IDS=str(OLD_GROUP)), clock=clock)
+    assert restarted.club_chats() == (SUPERGROUP,)
+    restarted.db.close()
+
+
+def test_the_service_message_of_an_upgrade_is_followed(upgraded, telegram):
+    from telebot import types
+
+    app = upgraded
+    register_handlers(app.bot, app)
+    message = {"message_id": 3, "date": START, "chat": {"id": OLD_GROUP, "type": "group", "title": "Club"},
+               "from": {"id": 801, "is_bot": False, "first_name": "Owner"}, "migrate_to_chat_id": SUPERGROUP}
+    app.bot.process_new_updates([types.Update.de_json({"update_id": 5, "message": message})])
+    assert app.club_chats() == (SUPERGROUP,)
+    assert app.db.chat_migrations() == {OLD_GROUP: SUPERGROUP}

@@ -1,0 +1,59 @@
+"""The HTTP server's limits against slow and idle clients, through a real waitress server."""
+import re
+import resource
+import socket
+import time
+
+import requests
+from conftest import ROOT, paid_update, post_signed
+
+import webhook_server
+from payments import buy
+
+PARTIAL_REQUEST = b"POST /webhook/cryptobot HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{"
+
+
+def test_150_idle_and_slow_connections_leave_health_and_the_webhook_answering(app, cryptopay, server):
+    """At waitress's default limit of 100 connections, the 101st waited for an idle one to time out."""
+    app.db.upsert_member(501, "m", "M", "en", app.now())
+    invoice = cryptopay.pay(buy(app, 501, app.config.plan("month"), "month").invoice["invoice_id"])
+    host, port = server.removeprefix("http://").split(":")
+    held: list[socket.socket] = []
+    try:
+        for n in range(150):
+            sock = socket.create_connection((host, int(port)), timeout=5)
+            if n % 3 == 0:  # a third are in the middle of a request, the rest say nothing at all
+                sock.sendall(PARTIAL_REQUEST)
+            held.append(sock)
+        slow = held[::3]
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            for sock in slow:
+                sock.sendall(b" ")
+            started = time.monotonic()
+            assert requests.get(server + "/health", timeout=5).status_code == 200
+            assert time.monotonic() - started < 0.5
+            time.sleep(0.1)
+        started = time.monotonic()
+        assert post_signed(server + "/webhook/cryptobot", paid_update(invoice)).status_code == 200
+        assert time.monotonic() - started < 1
+        assert app.db.subscription(501) is not None
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_the_connection_limit_fits_the_open_files_limit(monkeypatch):
+    limits = {4096: webhook_server.CONNECTION_LIMIT, resource.RLIM_INFINITY: webhook_server.CONNECTION_LIMIT,
+              1024: (1024 - webhook_server.FDS_RESERVED) // 2}
+    for soft, expected in limits.items():
+        monkeypatch.setattr(resource, "getrlimit", lambda _which, soft=soft: (soft, soft))
+        assert webhook_server.connection_limit() == expected
+
+
+def test_the_units_that_serve_http_give_it_the_open_files_it_needs():
+    needed = 2 * webhook_server.CONNECTION_LIMIT + webhook_server.FDS_RESERVED
+    for name in ("clubbot.service", "clubbot-webhook.service"):
+        text = (ROOT / "systemd" / name).read_text(encoding="utf-8")
+        found = re.findall(r"^LimitNOFILE=(\d+)$", text, flags=re.MULTILINE)
+        assert found and int(found[0]) >= needed, name
