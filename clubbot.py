@@ -171,7 +171,7 @@ def cmd_ping_webhook(config: Config, args: argparse.Namespace) -> int:
 def cmd_check(config: Config, args: argparse.Namespace) -> int:
     """Config, both APIs, the bot's rights in each club chat, and the URL to paste into @CryptoBot."""
     import texts
-    from tg import classify, make_bot
+    from tg import classify, make_bot, migrated_to
     from workers import missing_rights
 
     problems: list[str] = []
@@ -204,7 +204,12 @@ def cmd_check(config: Config, args: argparse.Namespace) -> int:
                 chat = bot.get_chat(chat_id)
                 member = bot.get_chat_member(chat_id, me.id)
             except Exception as exc:
-                report(False, f"chat {chat_id}: {classify(exc).description} (is the bot an admin there?)")
+                new_id = migrated_to(exc)
+                if new_id is not None:
+                    report(False, f"chat {chat_id} was upgraded to a supergroup and its id is now {new_id}: "
+                                  f"write {new_id} instead of {chat_id} in CLUB_CHAT_IDS")
+                else:
+                    report(False, f"chat {chat_id}: {classify(exc).description} (is the bot an admin there?)")
                 continue
             missing = missing_rights(member, chat.type)
             report(not missing, f"chat {chat_id} \"{chat.title}\" ({chat.type}): " + (

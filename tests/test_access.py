@@ -404,3 +404,43 @@ def test_the_service_message_of_an_upgrade_is_followed(upgraded, telegram):
     app.bot.process_new_updates([types.Update.de_json({"update_id": 5, "message": message})])
     assert app.club_chats() == (SUPERGROUP,)
     assert app.db.chat_migrations() == {OLD_GROUP: SUPERGROUP}
+
+
+def test_check_says_which_id_to_write_for_an_upgraded_group(tmp_path, env, telegram):
+    from test_admin import run_cli
+
+    telegram.migrated[OLD_GROUP] = SUPERGROUP
+    code, out, _ = run_cli(env | {"CLUB_CHAT_IDS": str(OLD_GROUP)}, tmp_path, "check")
+    assert code == 1
+    assert (f"FAIL  chat {OLD_GROUP} was upgraded to a supergroup and its id is now {SUPERGROUP}: "
+            f"write {SUPERGROUP} instead of {OLD_GROUP} in CLUB_CHAT_IDS") in out
+
+
+# --- a broadcast's progress ---
+
+def test_a_broadcast_whose_rows_all_go_before_its_progress_message_still_shows_the_last_count(bot, app, telegram):
+    for user in (501, 502, 503):
+        member_with_time(app, user)
+    command(bot, "/broadcast hi", user_id=ADMIN)
+    sender = Sender(app)
+    rows = app.db.due_messages(app.now())
+    progress = [row for row in rows if row["kind"] == "broadcast_started"]
+    for row in [row for row in rows if row["kind"] == "broadcast"] + progress:  # the members' rows first
+        sender.deliver(row)
+    [shown] = [m["text"] for m in telegram.messages_to(ADMIN)]
+    edits = [e["text"] for e in telegram.called("editMessageText")]
+    assert (edits or [shown])[-1] == "Broadcast finished: 3 sent, 0 failed, of 3."
+
+
+def test_a_broadcast_progress_message_sent_midway_ends_on_the_last_count(bot, app, telegram):
+    for user in (501, 502, 503):
+        member_with_time(app, user)
+    command(bot, "/broadcast hi", user_id=ADMIN)
+    sender = Sender(app)
+    rows = {row["chat_id"]: row for row in app.db.due_messages(app.now())}
+    sender.deliver(rows[501])
+    sender.deliver(rows[ADMIN])  # the progress message, after one member's
+    assert telegram.messages_to(ADMIN)[-1]["text"] == "Broadcast to 3 members: 1 sent, 0 failed."
+    sender.deliver(rows[502])
+    sender.deliver(rows[503])
+    assert telegram.called("editMessageText")[-1]["text"] == "Broadcast finished: 3 sent, 0 failed, of 3."
