@@ -146,8 +146,12 @@ class Database:
         return self.connect().execute("SELECT * FROM subscriptions WHERE user_id = ?", (user_id,)).fetchone()
 
     def expires_at(self, user_id: int) -> int | None:
+        """Until when the member has time; None if never, 0 if revoked (whatever the clock says:
+        a revoke made while it ran ahead must not give time back when it is corrected)."""
         row = self.subscription(user_id)
-        return row["expires_at"] if row else None
+        if row is None:
+            return None
+        return 0 if row["revoked_at"] is not None else row["expires_at"]
 
     # --- invoices ---
 
@@ -352,7 +356,8 @@ class Database:
         with self.transaction() as tx:
             rows = tx.execute(
                 """UPDATE subscriptions SET removed_for = NULL
-                   WHERE removed_for = expires_at AND expires_at > ? RETURNING user_id, expires_at""",
+                   WHERE removed_for = expires_at AND expires_at > ? AND revoked_at IS NULL
+                   RETURNING user_id, expires_at""",
                 (now,),
             ).fetchall()
             for row in rows:
@@ -361,12 +366,13 @@ class Database:
                 enqueue(tx, "way_in", row["user_id"], {}, now, PRIORITY_NOW, pending_key=f"way_in:{row['user_id']}")
         return len(rows)
 
-    def expiry_not_handled(self, user_id: int, now: int) -> None:
-        """A removal found nothing to do: if the expiry it was queued for is still the member's
-        (the clock had run ahead when it was queued), it comes again when it is really due."""
+    def expiry_not_handled(self, user_id: int, expires_at: int) -> None:
+        """A removal queued for this expiry found it not due yet (the clock had run ahead when
+        it was queued): it comes again when it is really due. A renewed or revoked expiry is not
+        this one, and is left as it is."""
         with self.transaction() as tx:
-            tx.execute("UPDATE subscriptions SET removed_for = NULL "
-                       "WHERE user_id = ? AND removed_for = expires_at", (user_id,))
+            tx.execute("UPDATE subscriptions SET removed_for = NULL WHERE user_id = ? AND removed_for = expires_at "
+                       "AND expires_at = ? AND revoked_at IS NULL", (user_id, expires_at))
 
     def queue_declines(self, requested_before: int, now: int) -> int:
         """Decline join requests that waited too long for a payment."""
@@ -501,7 +507,8 @@ class Database:
     def retry_removals_now(self, now: int) -> None:
         """Removals that failed while the bot lacked its rights: due at once."""
         with self.transaction() as tx:
-            tx.execute("UPDATE outbox SET next_attempt_at = ? WHERE status = 'pending' AND kind = 'expire'", (now,))
+            tx.execute("UPDATE outbox SET next_attempt_at = ? "
+                       "WHERE status = 'pending' AND kind IN ('expire', 'lift_ban')", (now,))
 
     # --- the owner's tools ---
 
@@ -533,10 +540,12 @@ class Database:
         changing nothing, when it would fall after `latest`. A command carried out before
         (`command_key`) changes nothing and returns the expiry as it is."""
         with self.transaction() as tx:
+            if command_key is not None and tx.execute("SELECT 1 FROM commands WHERE key = ?",
+                                                      (command_key,)).fetchone():
+                return _expiry(tx, user_id)  # carried out before: asked for again after a kill
             if latest is not None and max(now, _expiry(tx, user_id) or now) + duration > latest:
                 return None
-            if not claim_command(tx, command_key, now):
-                return _expiry(tx, user_id)
+            claim_command(tx, command_key, now)
             tx.execute("INSERT INTO members (user_id, uuid, created_at) VALUES (?, ?, ?) "
                        "ON CONFLICT (user_id) DO NOTHING", (user_id, str(uuid.uuid4()), now))
             new_expiry = extend_subscription(tx, user_id, duration, now)
@@ -555,8 +564,8 @@ class Database:
                              (user_id,)).fetchone()
             if row is None or (row["expires_at"] <= now and row["removed_for"] == row["expires_at"]):
                 return False
-            tx.execute("UPDATE subscriptions SET expires_at = ?, removed_for = ?, updated_at = ? WHERE user_id = ?",
-                       (now, now, now, user_id))
+            tx.execute("UPDATE subscriptions SET expires_at = ?, removed_for = ?, updated_at = ?, revoked_at = ? "
+                       "WHERE user_id = ?", (now, now, now, now, user_id))
             _audit(tx, now, user_id, "revoked", "admin", detail={"by": by, "was_until": row["expires_at"]})
             enqueue(tx, "expire", user_id, {"expires_at": now, "revoked": True}, now, PRIORITY_NOW,
                     dedupe_key=f"revoke:{user_id}:{now}")
@@ -850,9 +859,10 @@ def extend_subscription(tx: sqlite3.Connection, user_id: int, duration: int, now
     return tx.execute(
         """INSERT INTO subscriptions (user_id, expires_at, period_start, updated_at) VALUES (?1, ?2 + ?3, ?2, ?2)
            ON CONFLICT (user_id) DO UPDATE SET
-             period_start = CASE WHEN expires_at > ?2 THEN period_start ELSE ?2 END,
-             expires_at = max(expires_at, ?2) + ?3,
-             updated_at = ?2
+             period_start = CASE WHEN expires_at > ?2 AND revoked_at IS NULL THEN period_start ELSE ?2 END,
+             expires_at = CASE WHEN revoked_at IS NULL THEN max(expires_at, ?2) ELSE ?2 END + ?3,
+             updated_at = ?2,
+             revoked_at = NULL
            RETURNING expires_at""",
         (user_id, now, duration),
     ).fetchone()[0]

@@ -118,6 +118,10 @@ def check_target(target: Path, database: Path, what: str, signature: bytes) -> N
     if not _read_head(target, what).startswith(signature):
         raise OutputError(f"{what}: {target} exists and is not an earlier {what}; "
                           f"it is left as it is, choose another file")
+    live = [f"{target}{suffix}" for suffix in ("-wal", "-shm") if os.path.exists(f"{target}{suffix}")]
+    if live:
+        # Another database in use (another club, the other network's): not a copy to replace.
+        raise OutputError(f"{what}: {target} is a database in use ({live[0]} beside it); choose another file")
 
 
 def _is_database(path: Path, database: Path) -> bool:

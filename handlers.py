@@ -84,8 +84,9 @@ def on_status(app: App, message: types.Message) -> None:
     elif expires_at > now:
         text = texts.t(lang, "status_active", date=texts.format_date(expires_at, lang),
                        days_left=texts.days_left(expires_at, now, lang))
-    else:
-        text = texts.t(lang, "status_expired", date=texts.format_date(expires_at, lang))
+    else:  # ended, or revoked (then the date is the revoke's)
+        ended = app.db.subscription(message.from_user.id)["expires_at"]
+        text = texts.t(lang, "status_expired", date=texts.format_date(ended, lang))
     _reply(app, message.chat.id, text)
 
 

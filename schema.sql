@@ -202,3 +202,7 @@ CREATE INDEX subscriptions_handled ON subscriptions(expires_at) WHERE removed_fo
 -- For a fiat invoice, the assets it may be paid in as ACCEPTED_ASSETS said when it was
 -- made ('' = any; NULL for crypto): an invoice is reused only while that still holds.
 ALTER TABLE invoices ADD COLUMN accepted_assets TEXT;
+
+-- When an admin revoked the member's time (NULL: not revoked, or paid since). A revoked
+-- member has no time whatever the clock says.
+ALTER TABLE subscriptions ADD COLUMN revoked_at INTEGER;

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import threading
 import time
 from collections import deque
@@ -32,6 +33,7 @@ HANDLER_THREADS = 4
 # Updates of one member waiting to be handled; more are dropped (a flood, not a conversation).
 MAX_QUEUED_PER_MEMBER = 5
 DROP_LOG_EVERY = 60.0  # seconds between "dropped" log lines for one member
+HANDLER_SILENCE = 300  # seconds a handler thread may go without a sign of life (health.py)
 
 
 def member_of(update: dict) -> int | None:
@@ -42,6 +44,18 @@ def member_of(update: dict) -> int | None:
             sender = item.get("from")
             return sender.get("id") if isinstance(sender, dict) else None
     return None
+
+
+def droppable(update: dict, admin_ids: frozenset[int]) -> bool:
+    """What a flood may lose: a member's messages and button presses. Never a join request
+    (it would wait unanswered for good), a change of the bot's rights, a group's service
+    message, or anything an admin sends."""
+    if member_of(update) in admin_ids:
+        return False
+    message = update.get("message")
+    if isinstance(message, dict):
+        return (message.get("chat") or {}).get("type") == "private"
+    return "callback_query" in update
 
 
 def worth_keeping(update: dict) -> bool:
@@ -69,11 +83,12 @@ class FairQueue:
         self._turns: deque[Hashable] = deque()  # keys with work and none in hand
         self._busy: set[Hashable] = set()
 
-    def put(self, key: Hashable, item: object) -> bool:
-        """Queue an item; False (and nothing queued) when the key already has `per_key` waiting."""
+    def put(self, key: Hashable, item: object, droppable: bool = True) -> bool:
+        """Queue an item; False (and nothing queued) when it is droppable and the key already
+        has `per_key` waiting."""
         with self._cond:
             queue = self._work.setdefault(key, deque())
-            if len(queue) >= self.per_key:
+            if droppable and len(queue) >= self.per_key:
                 return False
             queue.append(item)
             if len(queue) == 1 and key not in self._busy:
@@ -138,8 +153,9 @@ class UpdatePoller:
     def run(self) -> None:
         log.info("Telegram polling started")
         self.start_handlers()
-        for row in self.app.db.pending_updates():  # stored before a stop, not handled yet
-            self._queue(row["update_id"], row["member_id"], row["body"])
+        dropped = [row["update_id"] for row in self.app.db.pending_updates()  # stored before a stop
+                   if not self._queue(row["update_id"], row["member_id"], row["body"], json.loads(row["body"]))]
+        self._mark_dropped(dropped)
         backoff = 1.0
         while not self.app.stop.is_set():
             self.app.heartbeat("updates")
@@ -164,37 +180,53 @@ class UpdatePoller:
         fresh = set(self.app.db.store_updates(kept, self.app.now())) if kept else set()
         # Confirmed by the next getUpdates: only now that they are kept.
         self.offset = raw[-1]["update_id"] + 1
-        for update_id, member_id, body in kept:
-            if update_id in fresh:
-                self._queue(update_id, member_id, body)
+        by_id = {u["update_id"]: u for u in raw}
+        dropped = [update_id for update_id, member_id, body in kept
+                   if update_id in fresh and not self._queue(update_id, member_id, body, by_id[update_id])]
+        self._mark_dropped(dropped)  # after all are queued: a failure here holds up none of them
         return len(raw)
 
-    def _queue(self, update_id: int, member_id: int | None, body: str) -> None:
-        if self.queue.put(member_id, (update_id, body)):
-            return
-        self.app.db.update_done(update_id, self.app.now(), status="dropped")
+    def _queue(self, update_id: int, member_id: int | None, body: str, update: dict) -> bool:
+        """Hand an update to the handlers; False if it is dropped (a flood from one member)."""
+        if self.queue.put(member_id, (update_id, body), droppable(update, self.app.config.admin_ids)):
+            return True
         last = self._dropped_logged.get(member_id, 0.0)
         if time.monotonic() - last >= DROP_LOG_EVERY:
             self._dropped_logged[member_id] = time.monotonic()
             log.warning("member %s sends faster than they are answered: update %s dropped (and more within %ds "
                         "without a log line)", member_id, update_id, DROP_LOG_EVERY)
+        return False
+
+    def _mark_dropped(self, update_ids: list[int]) -> None:
+        now = self.app.now()
+        try:
+            for update_id in update_ids:
+                self.app.db.update_done(update_id, now, status="dropped")
+        except sqlite3.Error as exc:  # left pending: handled after a restart instead
+            log.warning("dropped updates not recorded: %s", exc)
 
     # --- handling ---
 
     def start_handlers(self) -> None:
-        for number in range(self.threads - len(self._handlers)):
+        for number in range(len(self._handlers), self.threads):
             thread = threading.Thread(target=self._handle_loop, name=f"handler-{number + 1}", daemon=True)
             thread.start()
             self._handlers.append(thread)
+            # A handler may wait on Crypto Pay and Telegram (20 s a call), never for minutes.
+            self.app.heartbeats.register(thread.name, HANDLER_SILENCE, thread)
 
     def _handle_loop(self) -> None:
+        name = threading.current_thread().name
         while not self.app.stop.is_set():
+            self.app.heartbeat(name)
             taken = self.queue.take(self.app.stop)
             if taken is None:
                 continue
             member, (update_id, body) = taken
             try:
                 self.handle(update_id, body)
+            except Exception:  # the loop must outlive any one update
+                log.exception("update %s: handling failed", update_id)
             finally:
                 self.queue.done(member)
 
@@ -204,7 +236,10 @@ class UpdatePoller:
             self.bot.process_new_updates([types.Update.de_json(body)])
         except Exception:
             log.exception("update %s: handler failed", update_id)
-        self.app.db.update_done(update_id, self.app.now())
+        try:
+            self.app.db.update_done(update_id, self.app.now())
+        except sqlite3.Error as exc:  # still pending: handled again after a restart
+            log.warning("update %s: not marked handled: %s", update_id, exc)
 
     # --- stopping ---
 

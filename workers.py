@@ -39,7 +39,7 @@ class RemovalBlocked(Exception):
 
 
 # Work that is retried until it is done, however long that takes.
-NEVER_GIVE_UP = frozenset({"expire"})
+NEVER_GIVE_UP = frozenset({"expire", "lift_ban"})
 JOIN_REQUEST_WAIT = 86400  # a join request waits this long for a payment, then is declined
 ADMINS_TTL = 600  # seconds a club chat's admin list is trusted
 BROADCAST_EDIT_EVERY = 3.0  # seconds between edits of a broadcast's progress message
@@ -75,6 +75,7 @@ class Sender:
             "admin_webhook_unusable": self._admin_webhook_unusable,
             "admin_invoice_unreadable": self._admin_invoice_unreadable,
             "admin_migrated": self._admin_migrated,
+            "lift_ban": self._lift_ban,
         }
         self._broadcast_edits: dict[int, tuple[float, int]] = {}
         self._admins: dict[int, tuple[float, frozenset[int]]] = {}
@@ -332,15 +333,10 @@ class Sender:
 
     def _expire(self, user_id: int, payload: dict, message_id: int) -> None:
         """Remove the member from every club chat (the ban lifted again); the notice is queued after."""
-        now = self.app.now()
-        expires_at = self.db.expires_at(user_id)
-        grace = 0 if payload.get("revoked") else self.app.config.grace_period
-        if expires_at is not None and expires_at + grace > now:
+        if not self._removal_due(user_id, payload):
             # An earlier try may have banned and then failed before the unban: lift it now.
             self._lift_our_bans(user_id)
-            # Renewed, or queued while the clock ran ahead: then this expiry is not handled yet.
-            self.db.expiry_not_handled(user_id, now)
-            log.info("member %s has time left (renewed, or the clock was ahead); not removed now", user_id)
+            log.info("member %s: removal not due (renewed, revoked since, or the clock was ahead)", user_id)
             return
         removed = []
         for chat_id in self.app.club_chats():
@@ -352,6 +348,21 @@ class Sender:
         self.db.removal_done(message_id, user_id, payload["expires_at"], removed, self.app.now())
         self.app.wake_sender()
         log.info("subscription removed: member %s from %d chat(s)", user_id, len(removed))
+
+    def _removal_due(self, user_id: int, payload: dict) -> bool:
+        """Is the expiry this removal was queued for still the member's, and past (plus grace)?
+        A revoke's removal is due while the member is still revoked, whatever the clock says."""
+        row = self.db.subscription(user_id)
+        if row is None:
+            return False
+        if payload.get("revoked"):
+            return row["revoked_at"] is not None
+        if row["revoked_at"] is not None or row["expires_at"] != payload["expires_at"]:
+            return False  # renewed, or revoked (whose removal is the revoke's own)
+        if row["expires_at"] + self.app.config.grace_period <= self.app.now():
+            return True
+        self.db.expiry_not_handled(user_id, row["expires_at"])  # queued while the clock ran ahead
+        return False
 
     def _expired_notice(self, user_id: int, payload: dict) -> None:
         expires_at = self.db.expires_at(user_id)
@@ -370,8 +381,9 @@ class Sender:
         that was made is always followed by its unban, after a failure or a kill between
         the two calls too (a member who renews meanwhile gets the unban alone).
         """
+        fresh = chat_id not in self.db.our_bans(user_id)
         try:
-            if chat_id not in self.db.our_bans(user_id):
+            if fresh:
                 status = self.call(self.bot.get_chat_member, chat_id, user_id).status
                 if status == "kicked":
                     log.info("member %s is banned from chat %s by its moderators; left as it is", user_id, chat_id)
@@ -384,26 +396,36 @@ class Sender:
                 self.db.ban_started(chat_id, user_id, self.app.now())
             # Asked again on a retry: a ban that failed (429, 502, timeout) may not have been made.
             self.call(self.bot.ban_chat_member, chat_id, user_id)
-            self._unban(chat_id, user_id)
-            return True
         except Stopping:
             raise
         except Exception as exc:
             failure = classify(exc)
-            text = failure.description.lower()
-            if failure.kind == "blocked" or "rights" in text or "chat not found" in text:
-                raise RemovalBlocked(f"chat {chat_id}: {failure.description}") from None
-            if failure.kind == "rejected" and ("administrator" in text or "owner" in text):
-                self.db.ban_lifted(chat_id, user_id)  # Telegram made no ban
-                log.info("member %s is an admin of chat %s; not removed", user_id, chat_id)
-                return False
-            if failure.kind == "rejected":
-                # No ban was made, or Telegram cannot lift it (a basic group): nothing left to lift.
-                log.warning("removing member %s from chat %s: %s; taken as done", user_id, chat_id,
-                            failure.description)
-                self.db.ban_lifted(chat_id, user_id)
-                return True
+            if fresh and failure.kind in ("blocked", "rejected"):
+                self.db.ban_lifted(chat_id, user_id)  # refused: Telegram made no ban
+            return self._removal_refused(chat_id, user_id, exc)
+        try:
+            self._unban(chat_id, user_id)
+        except Stopping:
             raise
+        except Exception as exc:
+            return self._removal_refused(chat_id, user_id, exc)
+        return True
+
+    def _removal_refused(self, chat_id: int, user_id: int, exc: Exception) -> bool:
+        """What a refused ban or unban means: retry later (raises), an admin (False), or done."""
+        failure = classify(exc)
+        text = failure.description.lower()
+        if failure.kind == "blocked" or "rights" in text or "chat not found" in text:
+            raise RemovalBlocked(f"chat {chat_id}: {failure.description}") from None
+        if failure.kind == "rejected" and ("administrator" in text or "owner" in text):
+            log.info("member %s is an admin of chat %s; not removed", user_id, chat_id)
+            return False
+        if failure.kind == "rejected":
+            # No ban was made, or Telegram cannot lift it (a basic group): nothing left to lift.
+            log.warning("removing member %s from chat %s: %s; taken as done", user_id, chat_id, failure.description)
+            self.db.ban_lifted(chat_id, user_id)
+            return True
+        raise exc
 
     def _unban(self, chat_id: int, user_id: int) -> None:
         """Lift a ban ClubBot made (only_if_banned: a member who is not banned is left alone)."""
@@ -411,11 +433,36 @@ class Sender:
         self.db.ban_lifted(chat_id, user_id)
 
     def _lift_our_bans(self, user_id: int) -> None:
-        """Lift every ban of this member that ClubBot made and has not lifted yet; raises
-        (and the row is retried) while Telegram fails, so the unban always follows."""
+        """Lift every ban of this member that ClubBot made and has not lifted yet. Raises (the row
+        is retried) while Telegram fails for a while; where the bot cannot lift it now (rights),
+        a row of its own retries it until it is done, and the caller goes on (the way in to
+        the other chats, the "active until" message)."""
         for chat_id in self.db.our_bans(user_id):
-            self._unban(chat_id, user_id)
+            try:
+                self._lift_ban(user_id, {"chat_id": chat_id})
+            except RemovalBlocked as blocked:
+                log.warning("member %s: a ban in chat %s cannot be lifted now (%s); retried until it is",
+                            user_id, chat_id, blocked)
+                self.db.enqueue("lift_ban", user_id, {"chat_id": chat_id}, self.app.now(),
+                                pending_key=f"lift_ban:{chat_id}:{user_id}")
+                continue
             log.info("member %s: a ban left by an interrupted removal from chat %s is lifted", user_id, chat_id)
+
+    def _lift_ban(self, user_id: int, payload: dict) -> None:
+        """The unban that follows a ban ClubBot made; retried until done (RemovalBlocked)."""
+        chat_id = payload["chat_id"]
+        if chat_id not in self.db.our_bans(user_id):
+            return  # lifted meanwhile
+        if chat_id not in self.app.club_chats():
+            self.db.ban_lifted(chat_id, user_id)
+            log.warning("member %s: a ban in chat %s, no longer a club chat, is left to its admins", user_id, chat_id)
+            return
+        try:
+            self._unban(chat_id, user_id)
+        except Stopping:
+            raise
+        except Exception as exc:
+            self._removal_refused(chat_id, user_id, exc)
 
     def chat_admins(self, chat_id: int) -> frozenset[int]:
         """The chat's administrators and owner, who are never removed."""

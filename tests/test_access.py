@@ -113,17 +113,19 @@ def test_a_member_who_left_on_their_own_is_not_banned_at_expiry(app, telegram, c
 # --- nothing queued before a revoke lets the member in ---
 
 def test_a_revoked_member_is_not_approved_by_a_way_in_queued_before_the_revoke(bot, app, telegram, clock):
+    """grant, /start (its message fails with 502), revoke, join request: the retried row must not approve."""
     command(bot, "/grant 501 30d", user_id=ADMIN)
-    telegram.fail("sendMessage", BAD_GATEWAY)  # the grant's message fails: its row waits for a retry
+    command(bot, "/start")  # the greeting, and a "way in" row
+    telegram.fail("sendMessage", BAD_GATEWAY, BAD_GATEWAY)  # the grant's and the way in's messages fail
     Sender(app).run_once()
-    command(bot, "/start")  # queues the way in again (collapsed into the waiting row)
+    assert outbox(app, "way_in") == [("pending", 1)]
     command(bot, "/revoke 501", user_id=ADMIN)
-    drain(app)  # the revoke's removal
-    join_request(bot)  # with the personal link the member still holds
-    clock.advance(600)  # the old rows' retries are due
+    join_request(bot)  # with the personal link the member still holds: it waits
+    clock.advance(600)  # the old rows' retries are due, the revoke's removal too
     settle(app)
     assert telegram.called("approveChatJoinRequest") == []
-    assert "To join" in texts_to(telegram, 501)[-1]
+    assert any("To join" in text for text in texts_to(telegram, 501))
+    assert outbox(app, "way_in") == [("sent", 1)]  # done: dropped at delivery
     clock.advance(DAY + 60)
     settle(app)
     assert len(telegram.called("declineChatJoinRequest")) == 1
@@ -444,3 +446,181 @@ def test_a_broadcast_progress_message_sent_midway_ends_on_the_last_count(bot, ap
     sender.deliver(rows[502])
     sender.deliver(rows[503])
     assert telegram.called("editMessageText")[-1]["text"] == "Broadcast finished: 3 sent, 0 failed, of 3."
+
+
+# --- found in review: each a sequence that went wrong ---
+
+def test_a_ban_that_cannot_be_lifted_now_does_not_cost_a_paying_member_the_activation(app, telegram, cryptopay,
+                                                                                      clock):
+    expires_at = member_with_time(app)
+    telegram.fail("unbanChatMember", BAD_GATEWAY)
+    clock.value = expires_at
+    settle(app, rounds=1)  # banned; the unban failed
+    telegram.rights_lost.add(CLUB_CHAT)  # and now the bot cannot lift it
+    paid(app, cryptopay)
+    drain(app)
+    assert "active until" in texts_to(telegram, 501)[-1]  # told at once, not after the rights return
+    assert outbox(app, "lift_ban") == [("pending", 1)]
+    telegram.rights_lost.discard(CLUB_CHAT)
+    clock.advance(600)
+    settle(app)
+    assert (CLUB_CHAT, 501) not in telegram.banned
+    assert app.db.our_bans(501) == []
+    assert outbox(app, "lift_ban") == [("sent", 1)]
+
+
+def test_a_ban_refused_outright_leaves_no_ban_to_lift(app, telegram, cryptopay, clock):
+    expires_at = member_with_time(app)
+    telegram.fail("banChatMember", (400, {"ok": False, "error_code": 400,  # refused: Telegram made no ban
+                                          "description": "Bad Request: not enough rights to restrict/ban chat member"}))
+    clock.value = expires_at
+    Sweeper(app).sweep_once()
+    Sender(app).run_once()
+    assert outbox(app, "expire") == [("pending", 1)]  # retried later
+    assert app.db.our_bans(501) == []
+    paid(app, cryptopay)
+    drain(app)
+    assert "active until" in texts_to(telegram, 501)[-1]
+    assert outbox(app, "lift_ban") == []
+
+
+def test_a_handler_thread_outlives_a_database_that_fails_for_a_moment(bot, app, telegram, monkeypatch):
+    import sqlite3
+
+    poller = UpdatePoller(app, threads=1)
+    poller.start_handlers()
+    real = app.db.update_done
+    failures = [sqlite3.OperationalError("database is locked")]
+
+    def flaky(*args, **kwargs):
+        if failures:
+            raise failures.pop()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(app.db, "update_done", flaky)
+    try:
+        for n, user in enumerate((501, 502)):
+            telegram.push_update({"message": {"message_id": n, "date": START, "chat": {"id": user, "type": "private"},
+                                              "from": {"id": user, "is_bot": False, "first_name": "M"},
+                                              "text": "/help", "entities": [{"type": "bot_command", "offset": 0,
+                                                                             "length": 5}]}})
+            poller.fetch_once(long_poll=0)
+            wait_for(lambda user=user: telegram.messages_to(user), timeout=5)
+        assert poller._handlers[0].is_alive()
+        assert app.heartbeats.problems(app.db) == []
+    finally:
+        app.stop.set()
+
+
+def test_a_flood_never_drops_a_join_request_or_an_admins_command(bot, app, telegram):
+    member_with_time(app)
+    app.limiter = RateLimiter(1000)  # real time: one message a second per chat
+    person = {"id": 501, "is_bot": False, "first_name": "M", "language_code": "en"}
+    for n in range(3 * MAX_QUEUED_PER_MEMBER):
+        telegram.push_update({"message": {"message_id": n, "date": START, "chat": {"id": 501, "type": "private"},
+                                          "from": person, "text": "/status",
+                                          "entities": [{"type": "bot_command", "offset": 0, "length": 7}]}})
+    telegram.push_update({"chat_join_request": {"chat": {"id": CLUB_CHAT, "type": "supergroup", "title": "Club"},
+                                                "from": person, "user_chat_id": 501, "date": START}})
+    boss = {"id": ADMIN, "is_bot": False, "first_name": "Boss", "language_code": "en"}
+    for n in range(3 * MAX_QUEUED_PER_MEMBER):
+        telegram.push_update({"message": {"message_id": 100 + n, "date": START, "from": boss,
+                                          "chat": {"id": ADMIN, "type": "private"}, "text": f"/grant {600 + n} 1d",
+                                          "entities": [{"type": "bot_command", "offset": 0, "length": 6}]}})
+    poller = UpdatePoller(app)
+    poller.fetch_once(long_poll=0)
+    statuses = dict(app.db.connect().execute(
+        "SELECT update_id, status FROM updates").fetchall())
+    kept = [json.loads(body) for (body,) in app.db.connect().execute(
+        "SELECT body FROM updates WHERE status = 'pending'")]
+    assert any("chat_join_request" in update for update in kept)
+    assert sum(update.get("message", {}).get("from", {}).get("id") == ADMIN for update in kept) == 15
+    assert list(statuses.values()).count("dropped") == 3 * MAX_QUEUED_PER_MEMBER - MAX_QUEUED_PER_MEMBER
+    app.stop.set()
+
+
+def test_a_revoke_made_while_the_clock_ran_ahead_gives_no_time_back_when_it_is_corrected(jumpy, telegram, clock):
+    app = jumpy
+    register_handlers(app.bot, app)
+    member_with_time(app, days=30)
+    real = clock.value
+    clock.advance(10 * DAY)
+    command(app.bot, "/revoke 501", user_id=ADMIN)
+    settle(app)
+    assert telegram.removed == [(CLUB_CHAT, 501)]
+    clock.value = real + 60  # corrected: the revoke's moment is 10 days in the future
+    settle(app)
+    command(app.bot, "/status")
+    assert texts_to(telegram, 501)[-1].startswith("Your membership ended on")
+    join_request(app.bot)
+    settle(app)
+    assert telegram.called("approveChatJoinRequest") == []
+    assert not [t for t in texts_to(telegram, 501) if "Not in the club yet?" in t]
+    assert [r["action"] for r in app.db.audit_rows(501)].count("removal_undone") == 0
+
+
+def test_a_removal_queued_before_a_revoke_does_not_remove_again_after_it(make_config, clock, telegram):
+    from runtime import build_app
+    from tg import make_bot
+
+    app = build_app(make_config(GRACE_PERIOD="1d"), clock=clock)
+    app.bot = make_bot(app.config.bot_token, app.config.telegram_api_url)
+    app.limiter = RateLimiter(1000, monotonic=clock.monotonic, sleep=clock.sleep)
+    expires_at = member_with_time(app)
+    clock.value = expires_at + DAY
+    Sweeper(app).sweep_once()  # the expiry's removal, queued
+    app.db.revoke(501, app.now(), "test")  # and a revoke before it was sent
+    drain(app)
+    clock.advance(DAY)
+    settle(app)
+    assert telegram.removed == [(CLUB_CHAT, 501)]
+    assert len([t for t in texts_to(telegram, 501) if "has ended" in t]) == 1
+    app.db.close()
+
+
+def test_a_grant_asked_again_after_a_kill_near_the_limit_says_done(bot, app, telegram):
+    handle_twice(app, admin_update(13, "/grant 501 20000d", message_id=9))
+    answers = texts_to(telegram, ADMIN)
+    assert len(answers) == 2 and all("active until" in t for t in answers), answers
+    assert [r["action"] for r in app.db.audit_rows(501)] == ["granted"]
+
+
+def test_a_removal_queued_while_the_clock_ran_ahead_waits_out_the_grace_it_comes_back_into(make_config, clock,
+                                                                                           telegram):
+    from runtime import build_app
+    from tg import make_bot
+
+    app = build_app(make_config(GRACE_PERIOD="1d"), clock=clock)
+    app.bot = make_bot(app.config.bot_token, app.config.telegram_api_url)
+    monotonic = Monotonic()
+    app.limiter = RateLimiter(1000, monotonic=monotonic, sleep=monotonic.sleep)
+    expires_at = member_with_time(app, days=30)
+    clock.value = expires_at + 3 * DAY  # ahead
+    Sweeper(app).sweep_once()  # queued while ahead
+    clock.value = expires_at + 3600  # corrected: inside the grace period
+    settle(app)
+    assert telegram.removed == []
+    clock.value = expires_at + DAY + 60
+    settle(app)
+    assert telegram.removed == [(CLUB_CHAT, 501)]
+    app.db.close()
+
+
+def test_a_broadcast_row_finished_while_the_progress_message_was_on_its_way_is_counted(bot, app, telegram,
+                                                                                       monkeypatch):
+    for user in (501, 502):
+        member_with_time(app, user)
+    command(bot, "/broadcast hi", user_id=ADMIN)
+    sender = Sender(app)
+    rows = {row["chat_id"]: row for row in app.db.due_messages(app.now())}
+    real = app.db.set_broadcast_message
+
+    def meanwhile(broadcast_id, message_id):  # another lane finishes the members' rows first
+        sender.deliver(rows[501])
+        sender.deliver(rows[502])
+        real(broadcast_id, message_id)
+
+    monkeypatch.setattr(app.db, "set_broadcast_message", meanwhile)
+    sender.deliver(rows[ADMIN])
+    assert telegram.messages_to(ADMIN)[-1]["text"] == "Broadcast to 2 members: 0 sent, 0 failed."
+    assert telegram.called("editMessageText")[-1]["text"] == "Broadcast finished: 2 sent, 0 failed, of 2."

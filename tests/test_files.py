@@ -268,3 +268,18 @@ def test_exports_and_backups_are_0600(cli, member, tmp_path, umask_022):
         code, _, err = cli(command, str(tmp_path / name))
         assert code == 0, err
         assert mode(tmp_path / name) == 0o600, name
+
+
+def test_backup_over_another_database_in_use_is_refused(cli, member, tmp_path):
+    other = tmp_path / "testnet.db"  # another club's, or the other network's, live database
+    conn = sqlite3.connect(other)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("CREATE TABLE t (x)")
+    conn.execute("INSERT INTO t VALUES (1)")
+    conn.commit()
+    before = digest(other)
+    code, out, err = cli("backup", str(other))
+    assert code == 1 and "is a database in use" in out + err
+    assert digest(other) == before
+    assert conn.execute("SELECT x FROM t").fetchall() == [(1,)]
+    conn.close()

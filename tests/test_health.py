@@ -15,10 +15,13 @@ from test_processes import CLUBBOT, health, stop, user_update
 import clubbot
 from db import Database
 from health import KEY_PREFIX, SHARE_EVERY, SHARED_MARGIN, Heartbeats, silence_bounds
+from updates import HANDLER_SILENCE, HANDLER_THREADS
 from webhook_server import make_wsgi_app
 from workers import Sender
 
 WORKERS = ("sender", "poller", "sweeper", "updates")
+# The update poller's handler threads are watched too, in a running bot process.
+HANDLERS = {f"handler-{n}": HANDLER_SILENCE for n in range(1, HANDLER_THREADS + 1)}
 OTHER_PID = 4242
 
 
@@ -278,9 +281,9 @@ def test_a_running_process_writes_its_workers_beats_and_deletes_them_at_a_clean_
     try:
         if args == [CLUBBOT]:
             wait_for(lambda: health(int(env["WEBHOOK_PORT"])), timeout=15)
-        found = wait_for(lambda: set(rows(app)) == set(WORKERS) and rows(app), timeout=15)
+        found = wait_for(lambda: set(rows(app)) == {*WORKERS, *HANDLERS} and rows(app), timeout=15)
         assert {row["pid"] for row in found.values()} == {process.pid}
-        assert {name: row["bound"] for name, row in found.items()} == silence_bounds(app.config)
+        assert {name: row["bound"] for name, row in found.items()} == {**silence_bounds(app.config), **HANDLERS}
         if args == [CLUBBOT]:
             assert health(int(env["WEBHOOK_PORT"]))
         code, _, err = stop(process, signal.SIGTERM)
@@ -294,7 +297,7 @@ def test_a_running_process_writes_its_workers_beats_and_deletes_them_at_a_clean_
 def test_every_worker_of_a_running_bot_process_keeps_beating(tmp_path, env, telegram, app):
     process = start_process([CLUBBOT, "bot"], {**env, "SWEEP_INTERVAL": "1s"}, tmp_path)
     try:
-        first = wait_for(lambda: set(rows(app)) == set(WORKERS) and rows(app), timeout=15)
+        first = wait_for(lambda: set(rows(app)) == {*WORKERS, *HANDLERS} and rows(app), timeout=15)
         deadline = time.monotonic() + 30
         late = set(WORKERS)
         while late and time.monotonic() < deadline:
@@ -312,18 +315,18 @@ def test_a_killed_bot_process_is_reported_by_the_webhook_server_once_its_beats_g
                                                                                       app):
     process = start_process([CLUBBOT, "bot"], env, tmp_path)
     try:
-        wait_for(lambda: set(rows(app)) == set(WORKERS), timeout=15)
+        wait_for(lambda: set(rows(app)) == {*WORKERS, *HANDLERS}, timeout=15)
         process.kill()
         process.wait(10)
     finally:
         if process.poll() is None:
             process.kill()
-    assert set(rows(app)) == set(WORKERS)  # no clean stop: they stay
+    assert set(rows(app)) == {*WORKERS, *HANDLERS}  # no clean stop: they stay
     assert get_health(app)[0] == 200  # still within their bounds
     app.heartbeats = Heartbeats(wall=lambda: time.time() + 3600)  # an hour later
     status, body = get_health(app)
     assert status == 503
-    assert [part.split(":")[0] for part in body["error"].split("; ")] == sorted(WORKERS)
+    assert [part.split(":")[0] for part in body["error"].split("; ")] == sorted({*WORKERS, *HANDLERS})
     assert f"(process {process.pid})" in body["error"]
 
 

@@ -63,7 +63,8 @@ def test_revoke_by_username_hits_the_member_who_holds_it_now_not_an_ex_holder(bo
     command_at = app.now()
     say(bot, ADMIN, "boss", "/revoke @alice")
     assert app.db.expires_at(1) == alice_until
-    assert app.db.expires_at(2) == command_at
+    assert app.db.subscription(2)["expires_at"] == command_at
+    assert app.db.expires_at(2) == 0  # revoked: no time, whatever the clock says
     assert [r["user_id"] for r in app.db.audit_rows() if r["action"] == "revoked"] == [2]
     assert last_text(telegram).startswith("Done: @alice (id 2)'s membership is ended")
 
