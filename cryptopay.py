@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -162,7 +163,19 @@ class CryptoPay:
         self.base_url = base_url.rstrip("/")
         self._token = token
         self.timeout = timeout
-        self.session = session or requests.Session()
+        self._session = session
+        self._local = threading.local()
+
+    @property
+    def session(self) -> requests.Session:
+        """One session per thread (update handlers, the poller and the sender call at once;
+        requests does not promise that a session is safe to share), unless one was given."""
+        if self._session is not None:
+            return self._session
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = requests.Session()
+        return session
 
     def call(self, method: str, **params: Any) -> Any:
         """POST a method with JSON params and return its `result`."""

@@ -225,3 +225,21 @@ def test_a_payment_is_checked_against_the_amount_crypto_pay_wrote_on_the_invoice
     result = app.db.apply_invoice(parse_invoice(cryptopay.pay(row["invoice_id"])), "webhook", app.now(),
                                   app.config.admin_ids)
     assert result.outcome.value == "applied"
+
+
+def test_each_thread_talks_to_crypto_pay_through_its_own_session(app, cryptopay):
+    import threading
+
+    seen = []
+
+    def use() -> None:
+        app.cryptopay.get_me()
+        seen.append((app.cryptopay.session, app.cryptopay.session))
+
+    threads = [threading.Thread(target=use) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(first is second for first, second in seen)  # kept within a thread
+    assert len({id(first) for first, _ in seen}) == 3  # never shared between handler threads
