@@ -103,16 +103,30 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def app(make_config, clock):
+def make_app(make_config, clock):
+    """Build Apps on the test database with these settings (a restart with an edited .env is
+    one more call): a bot pointed at the fake Telegram, the budget on the movable clock."""
+    made = []
+
+    def make(**overrides: str):
+        cfg = make_config(**overrides)
+        application = build_app(cfg, clock=clock)
+        application.bot = make_bot(cfg.bot_token, cfg.telegram_api_url)
+        application.limiter = RateLimiter(cfg.telegram_rate, monotonic=clock.monotonic, sleep=clock.sleep)
+        application.bot_username = "club_test_bot"
+        made.append(application)
+        return application
+
+    yield make
+    for application in made:
+        application.stop.set()
+        application.db.close()
+
+
+@pytest.fixture
+def app(make_app):
     """An App on a real database file, with a bot pointed at the fake Telegram."""
-    cfg = make_config()
-    application = build_app(cfg, clock=clock)
-    application.bot = make_bot(cfg.bot_token, cfg.telegram_api_url)
-    application.limiter = RateLimiter(cfg.telegram_rate, monotonic=clock.monotonic, sleep=clock.sleep)
-    application.bot_username = "club_test_bot"
-    yield application
-    application.stop.set()
-    application.db.close()
+    return make_app()
 
 
 @pytest.fixture
@@ -135,6 +149,18 @@ def wait_for_port(port: int, timeout: float = 10) -> None:
                 return
         time.sleep(0.05)
     raise TimeoutError(f"nothing listens on {port}")
+
+
+def health_stays_quick(server: str, slow: list[socket.socket], seconds: float = 2) -> None:
+    """While `slow` clients trickle a byte each, /health keeps answering within half a second."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for sock in slow:
+            sock.sendall(b" ")
+        started = time.monotonic()
+        assert requests.get(server + "/health", timeout=5).status_code == 200
+        assert time.monotonic() - started < 0.5
+        time.sleep(0.1)
 
 
 def wait_for(predicate, timeout: float = 10, step: float = 0.05):

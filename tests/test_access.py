@@ -351,20 +351,12 @@ OLD_GROUP, SUPERGROUP = -4000001, -1004000001
 
 
 @pytest.fixture
-def upgraded(make_config, clock, telegram):
+def upgraded(make_app, telegram):
     """A club whose CLUB_CHAT_IDS still names a group that Telegram has upgraded."""
-    from runtime import build_app
-    from tg import make_bot
-
-    app = build_app(make_config(CLUB_CHAT_IDS=str(OLD_GROUP)), clock=clock)
-    app.bot = make_bot(app.config.bot_token, app.config.telegram_api_url)
-    app.limiter = RateLimiter(1000, monotonic=clock.monotonic, sleep=clock.sleep)
-    app.bot_username = "club_test_bot"
+    app = make_app(CLUB_CHAT_IDS=str(OLD_GROUP))
     app.db.upsert_member(ADMIN, "boss", "Boss", "en", app.now())
     telegram.migrated[OLD_GROUP] = SUPERGROUP
-    yield app
-    app.stop.set()
-    app.db.close()
+    return app
 
 
 def test_a_club_group_upgraded_to_a_supergroup_keeps_working(upgraded, telegram, cryptopay, clock):
@@ -559,13 +551,8 @@ def test_a_revoke_made_while_the_clock_ran_ahead_gives_no_time_back_when_it_is_c
     assert [r["action"] for r in app.db.audit_rows(501)].count("removal_undone") == 0
 
 
-def test_a_removal_queued_before_a_revoke_does_not_remove_again_after_it(make_config, clock, telegram):
-    from runtime import build_app
-    from tg import make_bot
-
-    app = build_app(make_config(GRACE_PERIOD="1d"), clock=clock)
-    app.bot = make_bot(app.config.bot_token, app.config.telegram_api_url)
-    app.limiter = RateLimiter(1000, monotonic=clock.monotonic, sleep=clock.sleep)
+def test_a_removal_queued_before_a_revoke_does_not_remove_again_after_it(make_app, clock, telegram):
+    app = make_app(GRACE_PERIOD="1d")
     expires_at = member_with_time(app)
     clock.value = expires_at + DAY
     Sweeper(app).sweep_once()  # the expiry's removal, queued
@@ -575,7 +562,6 @@ def test_a_removal_queued_before_a_revoke_does_not_remove_again_after_it(make_co
     settle(app)
     assert telegram.removed == [(CLUB_CHAT, 501)]
     assert len([t for t in texts_to(telegram, 501) if "has ended" in t]) == 1
-    app.db.close()
 
 
 def test_a_grant_asked_again_after_a_kill_near_the_limit_says_done(bot, app, telegram):
@@ -585,13 +571,9 @@ def test_a_grant_asked_again_after_a_kill_near_the_limit_says_done(bot, app, tel
     assert [r["action"] for r in app.db.audit_rows(501)] == ["granted"]
 
 
-def test_a_removal_queued_while_the_clock_ran_ahead_waits_out_the_grace_it_comes_back_into(make_config, clock,
+def test_a_removal_queued_while_the_clock_ran_ahead_waits_out_the_grace_it_comes_back_into(make_app, clock,
                                                                                            telegram):
-    from runtime import build_app
-    from tg import make_bot
-
-    app = build_app(make_config(GRACE_PERIOD="1d"), clock=clock)
-    app.bot = make_bot(app.config.bot_token, app.config.telegram_api_url)
+    app = make_app(GRACE_PERIOD="1d")
     monotonic = Monotonic()
     app.limiter = RateLimiter(1000, monotonic=monotonic, sleep=monotonic.sleep)
     expires_at = member_with_time(app, days=30)

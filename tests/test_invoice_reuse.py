@@ -5,32 +5,21 @@ from test_bot import buttons, last_message, press
 
 from handlers import register_handlers
 from payments import buy
-from runtime import build_app
-from tg import RateLimiter, make_bot
 
 DAY = 86400
 PLANS = "month:30d:5:USDT,year:365d:50:USDT,trial:3d:0:USDT"
 
 
 @pytest.fixture
-def restart(make_config, clock, app):
+def restart(make_app, app):
     """Build the app again on the same database with other settings, as a restart after the
     owner edited .env does."""
-    started = []
-
     def make(**overrides: str):
-        application = build_app(make_config(**overrides), clock=clock)
-        application.bot = make_bot(application.config.bot_token, application.config.telegram_api_url)
-        application.limiter = RateLimiter(1000, monotonic=clock.monotonic, sleep=clock.sleep)
-        application.bot_username = "club_test_bot"
+        application = make_app(**overrides)
         register_handlers(application.bot, application)
-        started.append(application)
         return application
 
-    yield make
-    for application in started:
-        application.stop.set()
-        application.db.close()
+    return make
 
 
 def pay_button(telegram) -> str:

@@ -202,12 +202,8 @@ def test_at_expiry_the_member_is_removed_told_why_and_can_come_back(app, telegra
     assert app.db.expires_at(501) == renewed_at + 30 * DAY
 
 
-def test_the_grace_period_delays_removal(make_config, clock, telegram, tmp_path):
-    from tg import RateLimiter, make_bot
-
-    app = build_app(make_config(GRACE_PERIOD="2d"), clock=clock)
-    app.bot = make_bot(app.config.bot_token, app.config.telegram_api_url)
-    app.limiter = RateLimiter(1000, monotonic=clock.monotonic, sleep=clock.sleep)
+def test_the_grace_period_delays_removal(make_app, clock, telegram, tmp_path):
+    app = make_app(GRACE_PERIOD="2d")
     expires_at = member_with_time(app)
     clock.value = expires_at + 2 * DAY - 1
     settle(app)
@@ -250,12 +246,8 @@ def test_a_member_who_renews_after_removal_was_queued_is_not_removed(app, telegr
     assert telegram.removed == []
 
 
-def test_every_club_chat_is_opened_and_closed_together(make_config, clock, telegram, cryptopay):
-    from tg import RateLimiter, make_bot
-
-    app = build_app(make_config(CLUB_CHAT_IDS=f"{CLUB_CHAT},{SECOND_CHAT}"), clock=clock)
-    app.bot = make_bot(app.config.bot_token, app.config.telegram_api_url)
-    app.limiter = RateLimiter(1000, monotonic=clock.monotonic, sleep=clock.sleep)
+def test_every_club_chat_is_opened_and_closed_together(make_app, clock, telegram, cryptopay):
+    app = make_app(CLUB_CHAT_IDS=f"{CLUB_CHAT},{SECOND_CHAT}")
     paid(app, cryptopay)
     Sender(app).run_once()
     assert len(buttons(telegram.messages_to(501)[-1])) == 2  # a link for each chat

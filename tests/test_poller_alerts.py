@@ -6,8 +6,6 @@ import pytest
 from conftest import START, paid_update, post_signed
 
 from payments import FORGET_AFTER, WEBHOOK_GRACE, WebhookWatch, buy, check, poll_once
-from runtime import build_app
-from tg import RateLimiter, make_bot
 from workers import Poller, Sender
 
 ADMINS = (9000, 9001)
@@ -20,16 +18,9 @@ def webhook_url() -> str:
 
 
 @pytest.fixture
-def app(make_config, clock, webhook_url):
+def app(make_app, webhook_url):
     """conftest's app, with two admins and WEBHOOK_URL (the server fixture uses this one too)."""
-    cfg = make_config(ADMIN_IDS=",".join(map(str, ADMINS)), WEBHOOK_URL=webhook_url)
-    application = build_app(cfg, clock=clock)
-    application.bot = make_bot(cfg.bot_token, cfg.telegram_api_url)
-    application.limiter = RateLimiter(cfg.telegram_rate, monotonic=clock.monotonic, sleep=clock.sleep)
-    application.bot_username = "club_test_bot"
-    yield application
-    application.stop.set()
-    application.db.close()
+    return make_app(ADMIN_IDS=",".join(map(str, ADMINS)), WEBHOOK_URL=webhook_url)
 
 
 def pending_invoice(app, user_id: int, plan: str = "month"):
