@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import requests
 
@@ -344,26 +344,33 @@ class CommandError(Exception):
     """A command failed in a way the owner can fix; printed as one line, exit 1."""
 
 
-COMMANDS: dict[str, tuple[Callable[[Config, argparse.Namespace], int], str]] = {
-    "run": (cmd_run, "everything in one process: bot, HTTP server, poller, sweep, sender (the default)"),
-    "bot": (cmd_bot, "everything but the HTTP server"),
-    "webhook": (cmd_webhook, "the HTTP server alone (same as `python webhook_server.py`)"),
-    "check": (cmd_check, "check the config, both APIs and the bot's rights; print the webhook URL to paste"),
-    "stats": (cmd_stats, "members, revenue and pending invoices"),
-    "grant": (cmd_grant, "give a member time by hand: grant USER DURATION (USER: id or @username)"),
-    "revoke": (cmd_revoke, "end a member's time now and remove them: revoke USER"),
-    "export": (cmd_export, "members and payments as CSV, to FILE or stdout"),
-    "backup": (cmd_backup, "a consistent copy of the database, safe while the bot runs"),
-    "ping-webhook": (cmd_ping_webhook, "send a correctly signed sample invoice_paid update and print the answer"),
-}
-SERVICES = ("run", "bot", "webhook")
-ARGUMENTS = {
-    "ping-webhook": [("url", {"nargs": "?", "help": "webhook URL (default: the local server)"})],
-    "grant": [("user", {"help": "Telegram id or @username"}),
-              ("duration", {"help": "like 30d, 12h, 90m"})],
-    "revoke": [("user", {"help": "Telegram id or @username"})],
-    "export": [("file", {"nargs": "?", "help": "CSV file to write (default: stdout)"})],
-    "backup": [("file", {"help": "the copy to write"})],
+class Command(NamedTuple):
+    """One command of the CLI: what runs it, its help, its arguments (name, argparse options)."""
+
+    run: Callable[[Config, argparse.Namespace], int]
+    help: str
+    arguments: tuple[tuple[str, dict], ...] = ()
+    service: bool = False  # a long-running process: it logs to LOG_FILE too
+
+
+USER = ("user", {"help": "Telegram id or @username"})
+
+COMMANDS: dict[str, Command] = {
+    "run": Command(cmd_run, "everything in one process: bot, HTTP server, poller, sweep, sender (the default)",
+                   service=True),
+    "bot": Command(cmd_bot, "everything but the HTTP server", service=True),
+    "webhook": Command(cmd_webhook, "the HTTP server alone (same as `python webhook_server.py`)", service=True),
+    "check": Command(cmd_check, "check the config, both APIs and the bot's rights; print the webhook URL to paste"),
+    "stats": Command(cmd_stats, "members, revenue and pending invoices"),
+    "grant": Command(cmd_grant, "give a member time by hand: grant USER DURATION (USER: id or @username)",
+                     (USER, ("duration", {"help": "like 30d, 12h, 90m"}))),
+    "revoke": Command(cmd_revoke, "end a member's time now and remove them: revoke USER", (USER,)),
+    "export": Command(cmd_export, "members and payments as CSV, to FILE or stdout",
+                      (("file", {"nargs": "?", "help": "CSV file to write (default: stdout)"}),)),
+    "backup": Command(cmd_backup, "a consistent copy of the database, safe while the bot runs",
+                      (("file", {"help": "the copy to write"}),)),
+    "ping-webhook": Command(cmd_ping_webhook, "send a correctly signed sample invoice_paid update and print the answer",
+                            (("url", {"nargs": "?", "help": "webhook URL (default: the local server)"}),)),
 }
 
 
@@ -373,10 +380,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="ClubBot sells membership in a private Telegram club for crypto (Crypto Pay). "
                     "Settings come from the environment and .env; see README.md.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (_func, help_text) in COMMANDS.items():
-        command = sub.add_parser(name, help=help_text, description=help_text)
-        for argument, options in ARGUMENTS.get(name, []):
-            command.add_argument(argument, **options)
+    for name, command in COMMANDS.items():
+        subparser = sub.add_parser(name, help=command.help, description=command.help)
+        for argument, options in command.arguments:
+            subparser.add_argument(argument, **options)
     return parser
 
 
@@ -389,9 +396,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"clubbot: config error: {exc}", file=sys.stderr)
         return 2
     # The services log to LOG_FILE too; the owner's tools speak on the terminal only.
-    setup_logging(config, to_file=command in SERVICES)
+    setup_logging(config, to_file=COMMANDS[command].service)
     try:
-        return COMMANDS[command][0](config, args)
+        return COMMANDS[command].run(config, args)
     except CommandError as exc:
         log.error("%s", exc)
         return 1

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from telebot import TeleBot, types
@@ -183,46 +185,90 @@ def on_join_request(app: App, request: types.ChatJoinRequest) -> None:
     app.wake_sender()
 
 
-ADMIN_COMMANDS = ["stats", "grant", "revoke", "user", "export", "broadcast"]
+@dataclass(frozen=True)
+class AdminRequest:
+    """One admin command as a handler of ADMIN_COMMANDS sees it."""
+
+    app: App
+    message: types.Message
+    lang: str
+    rest: str  # everything after the command word
+    now: int
+
+    @property
+    def args(self) -> list[str]:
+        return self.rest.split()
+
+    @property
+    def by(self) -> str:
+        return f"telegram:{self.message.from_user.id}"
+
+    def exactly(self, count: int, usage: str) -> list[str]:
+        """The command's words, or the usage text (AdminError) when there are not `count` of them."""
+        if len(self.args) != count:
+            raise admin.AdminError(usage)
+        return self.args
+
+
+def _admin_stats(request: AdminRequest) -> str:
+    return admin.stats_text(request.app.db, request.now, request.lang)
+
+
+def _admin_grant(request: AdminRequest) -> str:
+    user, duration = request.exactly(2, "admin_usage_grant")
+    text = admin.grant(request.app.db, user, duration, request.now, request.by, request.lang,
+                       command_key=command_key(request.message))
+    request.app.wake_sender()
+    return text
+
+
+def _admin_revoke(request: AdminRequest) -> str:
+    [user] = request.exactly(1, "admin_usage_revoke")
+    text = admin.revoke(request.app.db, user, request.now, request.by, request.lang,
+                        command_key=command_key(request.message))
+    request.app.wake_sender()
+    return text
+
+
+def _admin_user(request: AdminRequest) -> str:
+    [user] = request.exactly(1, "admin_usage_user")
+    return admin.user_text(request.app.db, user, request.now, request.lang)
+
+
+def _admin_export(request: AdminRequest) -> None:
+    _send_export(request.app, request.message.chat.id, request.lang)
+
+
+def _admin_broadcast(request: AdminRequest) -> None:
+    body = request.rest.strip()
+    if not body:
+        raise admin.AdminError("admin_usage_broadcast")
+    _start_broadcast(request.app, request.message, body)
+
+
+# Command -> handler; a handler returns the reply, or None when it answered in its own way.
+# Registered from these keys: a command exists exactly when it has a handler.
+ADMIN_COMMANDS: dict[str, Callable[[AdminRequest], str | None]] = {
+    "stats": _admin_stats,
+    "grant": _admin_grant,
+    "revoke": _admin_revoke,
+    "user": _admin_user,
+    "export": _admin_export,
+    "broadcast": _admin_broadcast,
+}
 
 
 def on_admin(app: App, message: types.Message) -> None:
     """The admin commands; registered only for ADMIN_IDS, so to anyone else they do not exist."""
     lang = _remember(app, message.from_user)
-    command, _, rest = (message.text or "").partition(" ")
-    command = command.lstrip("/").split("@")[0].lower()
-    args = rest.split()
-    now = app.now()
-    by = f"telegram:{message.from_user.id}"
+    word, _, rest = (message.text or "").partition(" ")
+    handler = ADMIN_COMMANDS[word.lstrip("/").split("@")[0].lower()]
     try:
-        if command == "stats":
-            text = admin.stats_text(app.db, now, lang)
-        elif command == "grant":
-            if len(args) != 2:
-                raise admin.AdminError("admin_usage_grant")
-            text = admin.grant(app.db, args[0], args[1], now, by, lang, command_key=command_key(message))
-            app.wake_sender()
-        elif command == "revoke":
-            if len(args) != 1:
-                raise admin.AdminError("admin_usage_revoke")
-            text = admin.revoke(app.db, args[0], now, by, lang, command_key=command_key(message))
-            app.wake_sender()
-        elif command == "user":
-            if len(args) != 1:
-                raise admin.AdminError("admin_usage_user")
-            text = admin.user_text(app.db, args[0], now, lang)
-        elif command == "export":
-            _send_export(app, message.chat.id, lang)
-            return
-        else:  # broadcast
-            body = rest.strip()
-            if not body:
-                raise admin.AdminError("admin_usage_broadcast")
-            _start_broadcast(app, message, body)
-            return
+        text = handler(AdminRequest(app, message, lang, rest, app.now()))
     except admin.AdminError as error:
         text = error.text(lang)
-    _reply(app, message.chat.id, text)
+    if text is not None:
+        _reply(app, message.chat.id, text)
 
 
 def _send_export(app: App, chat_id: int, lang: str) -> None:
@@ -276,7 +322,7 @@ def register_handlers(bot: TeleBot, app: App) -> None:
     bot.register_message_handler(_guarded(app, on_help), commands=["help"], chat_types=private)
     bot.register_message_handler(_guarded(app, on_link), commands=["link"], chat_types=private)
     bot.register_message_handler(
-        _guarded(app, on_admin), commands=ADMIN_COMMANDS, chat_types=private,
+        _guarded(app, on_admin), commands=list(ADMIN_COMMANDS), chat_types=private,
         func=lambda m: m.from_user is not None and m.from_user.id in app.config.admin_ids)
     bot.register_message_handler(
         _guarded(app, on_unknown_command), chat_types=private,

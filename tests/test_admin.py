@@ -44,6 +44,23 @@ def test_admin_commands_do_not_exist_for_anyone_else(bot, telegram):
     assert telegram.called("sendDocument") == []
 
 
+def test_every_admin_command_is_registered_from_its_handler_table(bot, app):
+    from handlers import ADMIN_COMMANDS, on_admin
+
+    [entry] = [h for h in bot.message_handlers if h["function"].__name__ == on_admin.__name__]
+    assert entry["filters"]["commands"] == list(ADMIN_COMMANDS)
+    assert all(callable(handler) for handler in ADMIN_COMMANDS.values())
+
+
+def test_a_mistyped_admin_command_is_unknown_not_a_broadcast(bot, app, telegram):
+    member_with_time(app, 501)
+    command(bot, "/broadcastt hello", user_id=ADMIN)
+    command(bot, "/stats@club_test_bot", user_id=ADMIN)
+    assert telegram.messages_to(ADMIN)[0]["text"].startswith("I don't know that command")
+    assert telegram.messages_to(ADMIN)[1]["text"].startswith("Members:")
+    assert app.db.connect().execute("SELECT count(*) FROM broadcasts").fetchone()[0] == 0
+
+
 def test_stats_counts_members_revenue_pending_and_draws_payments(bot, app, telegram, cryptopay, clock):
     paid(app, cryptopay, user_id=501)
     clock.advance(DAY)
