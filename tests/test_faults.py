@@ -52,6 +52,7 @@ def seed_stream(db_path, cryptopay, members: int, invoices: int, rng: random.Ran
     return seeded
 
 
+@pytest.mark.slow
 def test_kills_at_random_points_lose_nothing_and_apply_nothing_twice(tmp_path, env, telegram, cryptopay):
     """1,000 deliveries with duplicates, SIGKILL at random moments, a restart after each."""
     rng = random.Random(20261128)

@@ -294,6 +294,7 @@ def test_a_running_process_writes_its_workers_beats_and_deletes_them_at_a_clean_
     assert rows(app) == {}
 
 
+@pytest.mark.slow
 def test_every_worker_of_a_running_bot_process_keeps_beating(tmp_path, env, telegram, app):
     process = start_process([CLUBBOT, "bot"], {**env, "SWEEP_INTERVAL": "1s"}, tmp_path)
     try:

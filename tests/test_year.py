@@ -4,6 +4,7 @@ import json
 import signal
 import time
 
+import pytest
 from conftest import CLUB_CHAT, ROOT, START, paid_update, post_signed, start_process, wait_for
 
 MONTH = 8  # seconds
@@ -52,6 +53,7 @@ def pays(telegram, cryptopay, port: int) -> None:
     assert post_signed(f"http://127.0.0.1:{port}/webhook/cryptobot", paid_update(invoice)).status_code == 200
 
 
+@pytest.mark.slow
 def test_a_members_year(tmp_path, env, telegram, cryptopay):
     env = {**env, "PLANS": f"month:{MONTH}s:5:USDT", "REMIND_BEFORE": "4s", "SWEEP_INTERVAL": "1s",
            "POLL_INTERVAL": "1s", "GRACE_PERIOD": "0"}
