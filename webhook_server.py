@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import resource
 import sqlite3
 import sys
@@ -36,6 +37,8 @@ FDS_RESERVED = 100
 CHANNEL_TIMEOUT = 30  # seconds a connection may sit with no byte in either direction
 CLEANUP_INTERVAL = 5  # seconds between looks for such connections
 BACKLOG = 1024  # connections the kernel holds while every slot is taken
+MAX_NESTING = 32  # JSON nesting a webhook may have (a Crypto Pay update has 3)
+_STRUCTURE = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')  # strings (skipped whole) and brackets
 WEBHOOK_PATH = "/webhook/cryptobot"
 HEALTH_PATH = "/health"
 STATUS_LINES = {200: "200 OK", 400: "400 Bad Request", 401: "401 Unauthorized", 404: "404 Not Found",
@@ -70,6 +73,23 @@ def _read_body(environ: dict) -> bytes | None:
         return stream.read(size) if size else b""
     data = stream.read(MAX_BODY + 1)
     return None if len(data) > MAX_BODY else data
+
+
+def _nested_too_deep(body: bytes) -> bool:
+    """Whether the JSON nests deeper than MAX_NESTING. The parser would recurse into it until
+    RecursionError, leaving the thread at the edge of its stack; a real update nests 3 deep.
+    Cheap for the usual body: only one with many brackets is looked at closely."""
+    if body.count(b"[") + body.count(b"{") <= MAX_NESTING:
+        return False
+    depth = 0
+    for token in _STRUCTURE.findall(body):
+        if token in (b"[", b"{"):
+            depth += 1
+            if depth > MAX_NESTING:
+                return True
+        elif token in (b"]", b"}"):
+            depth -= 1
+    return False
 
 
 def _valid_update(update: object) -> bool:
@@ -116,9 +136,11 @@ def make_wsgi_app(app: App) -> Callable:
                         client, size, given)
             return _error(start_response, 401, "bad signature")
         log.info("webhook received from %s (%s bytes): signature check passed", client, size)
+        if _nested_too_deep(body):
+            return unusable(start_response, body, f"body is nested deeper than {MAX_NESTING}")
         try:
             update = json.loads(body)
-        except (ValueError, RecursionError):  # RecursionError: nested too deep to parse
+        except (ValueError, RecursionError):
             return unusable(start_response, body, "body is not JSON")
         if not _valid_update(update):
             return unusable(start_response, body, "body is not a Crypto Pay update")

@@ -345,3 +345,12 @@ def test_many_threads_delivering_the_same_invoice_apply_it_once(app, cryptopay, 
     assert len(app.db.audit_rows(501)) == 1
     assert counts(app)["outbox"] == 1
     assert Decimal(app.db.invoice_by_uuid(invoice["payload"])["amount"]) == Decimal("5")
+
+
+def test_a_signed_body_nested_too_deep_is_kept_without_parsing_it(app, server):
+    deep = b'{"update_type":"invoice_paid","payload":' + b"[" * 40 + b'"[{not brackets}]"' + b"]" * 40 + b"}"
+    shallow = b"[" * 30 + b"]" * 30
+    for body in (deep, shallow, b"[" * 60000):
+        assert post_signed(server + "/webhook/cryptobot", body).status_code == 200
+    assert [r["error"] for r in unusable_rows(app)] == [
+        "body is nested deeper than 32", "body is not a Crypto Pay update", "body is nested deeper than 32"]
