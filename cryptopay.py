@@ -12,7 +12,6 @@ import logging
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -38,10 +37,6 @@ class CryptoPayError(Exception):
     @property
     def is_auth_error(self) -> bool:
         return self.status == 401 or self.name in ("UNAUTHORIZED", "INVALID_TOKEN", "EXPIRED_TOKEN")
-
-    @property
-    def is_transient(self) -> bool:
-        return self.status is None or self.status >= 500 or self.status == 429
 
 
 def signature(token: str, body: bytes) -> str:
@@ -71,7 +66,6 @@ class Invoice:
     pay_url: str | None
     paid_asset: str | None
     paid_amount: str | None
-    paid_at: int | None = None  # unix seconds, when Crypto Pay says it was paid
 
 
 def parse_invoice(obj: Any) -> Invoice:
@@ -105,12 +99,6 @@ def parse_invoice(obj: Any) -> Invoice:
     pay_url = obj.get("bot_invoice_url") or obj.get("pay_url")
     paid_asset = obj.get("paid_asset")
     paid_amount = obj.get("paid_amount")
-    paid_at = None
-    if isinstance(obj.get("paid_at"), str):
-        try:
-            paid_at = int(datetime.fromisoformat(obj["paid_at"].replace("Z", "+00:00")).timestamp())
-        except ValueError:
-            paid_at = None
     return Invoice(
         invoice_id=invoice_id,
         status=status,
@@ -121,7 +109,6 @@ def parse_invoice(obj: Any) -> Invoice:
         pay_url=pay_url if isinstance(pay_url, str) else None,
         paid_asset=paid_asset if isinstance(paid_asset, str) else None,
         paid_amount=paid_amount if isinstance(paid_amount, str) else None,
-        paid_at=paid_at,
     )
 
 
@@ -257,6 +244,3 @@ class CryptoPay:
     def get_invoices(self, invoice_ids: list[int]) -> list[Invoice]:
         """The invoices with these ids that could be read (see fetch_invoices for the others)."""
         return self.fetch_invoices(invoice_ids).found
-
-    def delete_invoice(self, invoice_id: int) -> bool:
-        return bool(self.call("deleteInvoice", invoice_id=invoice_id))

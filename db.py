@@ -77,6 +77,10 @@ class Database:
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         conn = self.connect()
+        if conn.in_transaction:
+            # This thread holds the write lock already: waiting for it would only time out.
+            raise RuntimeError("a transaction was started inside another on the same thread; "
+                               "pass the open transaction (tx) to the helper instead")
         # The same bound as sqlite's own busy wait: writers of this process queue here, and
         # must not each wait out the busy timeout in turn behind one another.
         if not self.write_lock.acquire(timeout=BUSY_TIMEOUT_MS / 1000):
@@ -109,10 +113,6 @@ class Database:
                     tx.execute(statement)
                 tx.execute(f"PRAGMA user_version = {version}")
         return conn.execute("PRAGMA user_version").fetchone()[0]
-
-    def ping(self) -> None:
-        """Raise if the database does not answer."""
-        self.connect().execute("SELECT count(*) FROM sqlite_master").fetchone()
 
     # --- members ---
 
@@ -242,7 +242,7 @@ class Database:
         """Apply a paid invoice exactly once: the step to paid, the member's new expiry,
         the audit record and the messages to send, in one transaction."""
         if paid.status != "paid":
-            return ApplyResult(Outcome.NOT_PAID)
+            raise ValueError(f"invoice {paid.invoice_id} is {paid.status}, not paid: nothing to apply")
         with self.transaction() as tx:
             row = tx.execute("SELECT * FROM invoices WHERE invoice_id = ?", (paid.invoice_id,)).fetchone()
             if row is None and paid.payload:
@@ -817,7 +817,6 @@ class Outcome(Enum):
     DUPLICATE = "duplicate"
     NOT_OURS = "not_ours"
     MISMATCH = "mismatch"
-    NOT_PAID = "not_paid"
 
 
 @dataclass(frozen=True)

@@ -298,10 +298,6 @@ class FakeCryptoPay(FakeServer):
             with self.lock:
                 items = [dict(self.invoices[i]) for i in ids if i in self.invoices][:count]
             return 200, {"ok": True, "result": {"items": items}}
-        if method == "deleteInvoice":
-            with self.lock:
-                found = self.invoices.pop(int(params["invoice_id"]), None)
-            return 200, {"ok": True, "result": found is not None}
         return 400, {"ok": False, "error": {"code": 400, "name": "METHOD_NOT_FOUND"}}
 
     def pay(self, invoice_id: int, amount: str | None = None, asset: str | None = None) -> dict:
