@@ -62,7 +62,7 @@ def serve(app: App, with_bot: bool, with_http: bool) -> int:
                                f"(WEBHOOK_HOST, WEBHOOK_PORT): {exc.strerror or exc}") from None
         http = ServerThread(server).start()
         log.info("HTTP server listening on http://%s:%s (webhook at %s)", app.config.webhook_host,
-                 app.config.webhook_port, app.config.public_webhook_url or "/webhook/cryptobot")
+                 app.config.webhook_port, app.config.public_webhook_url or app.config.webhook_path)
     updates = None
     workers: list[threading.Thread] = []
     if with_bot:

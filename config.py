@@ -26,6 +26,8 @@ NETWORK_URLS = {
     "mainnet": "https://pay.crypt.bot/api",
     "testnet": "https://testnet-pay.crypt.bot/api",
 }
+# Where the HTTP server takes CryptoBot's webhooks (behind WEBHOOK_URL).
+WEBHOOK_PATH = "/webhook/cryptobot"
 # Crypto Pay accepts expires_in from 1 s to 31 days.
 MAX_INVOICE_TTL = 2_678_400
 # The longest duration anything may be (a plan, a grant, a reminder, a grace period):
@@ -329,7 +331,7 @@ class Config:
 
     @property
     def webhook_path(self) -> str:
-        return "/webhook/cryptobot"
+        return WEBHOOK_PATH
 
     @property
     def public_webhook_url(self) -> str:

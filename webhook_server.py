@@ -14,9 +14,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
+from http import HTTPStatus
 
 import waitress
 
+from config import WEBHOOK_PATH
 from cryptopay import parse_invoice, signature_matches
 from db import Outcome
 from payments import log_applied, note_unusable_webhook, note_webhook
@@ -39,11 +41,7 @@ CLEANUP_INTERVAL = 5  # seconds between looks for such connections
 BACKLOG = 1024  # connections the kernel holds while every slot is taken
 MAX_NESTING = 32  # JSON nesting a webhook may have (a Crypto Pay update has 3)
 _STRUCTURE = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')  # strings (skipped whole) and brackets
-WEBHOOK_PATH = "/webhook/cryptobot"
 HEALTH_PATH = "/health"
-STATUS_LINES = {200: "200 OK", 400: "400 Bad Request", 401: "401 Unauthorized", 404: "404 Not Found",
-                405: "405 Method Not Allowed", 413: "413 Payload Too Large", 500: "500 Internal Server Error",
-                503: "503 Service Unavailable"}
 
 StartResponse = Callable[..., object]
 
@@ -51,8 +49,8 @@ StartResponse = Callable[..., object]
 def _respond(start_response: StartResponse, status: int, body: dict, head: bool = False,
              headers: Iterable[tuple[str, str]] = ()) -> list[bytes]:
     data = json.dumps(body).encode("utf-8")
-    start_response(STATUS_LINES[status], [("Content-Type", "application/json"),
-                                          ("Content-Length", str(len(data))), *headers])
+    start_response(f"{status} {HTTPStatus(status).phrase}", [("Content-Type", "application/json"),
+                                                             ("Content-Length", str(len(data))), *headers])
     return [] if head else [data]
 
 
@@ -186,20 +184,21 @@ def make_wsgi_app(app: App) -> Callable:
                   "and answered 200", error, record_id)
         return _respond(start_response, 200, {"ok": True, "ignored": True})
 
+    # Path -> (the methods it takes, its handler).
+    routes = {HEALTH_PATH: (("GET", "HEAD"), health), WEBHOOK_PATH: (("POST",), webhook)}
+
     def application(environ: dict, start_response: StartResponse) -> list[bytes]:
         path = environ.get("PATH_INFO") or "/"
         method = environ.get("REQUEST_METHOD", "GET")
+        head = method == "HEAD"
         try:
-            if path == HEALTH_PATH:
-                if method not in ("GET", "HEAD"):
-                    return _error(start_response, 405, "use GET", headers=[("Allow", "GET, HEAD")])
-                return health(environ, start_response)
-            if path == WEBHOOK_PATH:
-                if method != "POST":
-                    return _error(start_response, 405, "use POST", head=method == "HEAD",
-                                  headers=[("Allow", "POST")])
-                return webhook(environ, start_response)
-            return _error(start_response, 404, "not found", head=method == "HEAD")
+            if path not in routes:
+                return _error(start_response, 404, "not found", head=head)
+            methods, handler = routes[path]
+            if method not in methods:  # HEAD on the webhook shows the route is there (curl -I)
+                return _error(start_response, 405, f"use {methods[0]}", head=head,
+                              headers=[("Allow", ", ".join(methods))])
+            return handler(environ, start_response)
         except Exception:
             log.exception("%s %s failed", method, path)
             return _error(start_response, 500, "internal error")

@@ -562,7 +562,7 @@ class Sender:
 
     def _admin_webhook(self, admin_id: int, payload: dict) -> None:
         lang = member_language(self.app, admin_id)
-        url = self.app.config.public_webhook_url or "https://your-domain.com/webhook/cryptobot"
+        url = self.app.config.public_webhook_url or f"https://your-domain.com{self.app.config.webhook_path}"
         self.send(admin_id, texts.t(lang, "admin_alert_webhook", invoice_id=payload.get("invoice_id"), url=url))
 
     def _admin_webhook_unusable(self, admin_id: int, payload: dict) -> None:

@@ -251,6 +251,16 @@ def test_get_on_the_webhook_is_405_with_allow_post(server):
         assert response.headers["Allow"] == "POST"
 
 
+def test_a_post_to_health_is_405_with_allow_get_and_head_and_status_lines_are_the_standard_ones(server):
+    response = requests.post(server + "/health", timeout=10)
+    assert (response.status_code, response.reason) == (405, "Method Not Allowed")
+    assert response.headers["Allow"] == "GET, HEAD"
+    assert response.json() == {"error": "use GET"}
+    big = requests.post(server + "/webhook/cryptobot", data=b"x" * (70 * 1024), timeout=10,
+                        headers={"crypto-pay-api-signature": "00"})
+    assert (big.status_code, big.reason) == (413, "Request Entity Too Large")
+
+
 def test_anything_else_is_404_in_json(server):
     response = requests.get(server + "/webhook", timeout=10)
     assert response.status_code == 404
