@@ -22,6 +22,7 @@ from typing import Any
 
 from cryptopay import Invoice
 from files import create_private_file, make_private_folders
+from kinds import Kind
 
 SCHEMA_PATH = Path(__file__).with_name("schema.sql")
 BUSY_TIMEOUT_MS = 5000
@@ -271,10 +272,10 @@ class Database:
                 _set_invoice_outcome(tx, row["id"], "mismatch", paid, now, cause)
                 _audit(tx, now, user_id, "payment_mismatch", cause, paid.invoice_id, detail)
                 for admin_id in sorted(admin_ids):
-                    enqueue(tx, "admin_mismatch", admin_id, {**detail, "user_id": user_id,
+                    enqueue(tx, Kind.ADMIN_MISMATCH, admin_id, {**detail, "user_id": user_id,
                             "invoice_id": paid.invoice_id}, now, PRIORITY_NORMAL,
                             dedupe_key=f"mismatch:{row['payment_uuid']}:{admin_id}")
-                enqueue(tx, "payment_mismatch", user_id, detail, now, PRIORITY_NOW,
+                enqueue(tx, Kind.PAYMENT_MISMATCH, user_id, detail, now, PRIORITY_NOW,
                         dedupe_key=f"mismatch:{row['payment_uuid']}")
                 return ApplyResult(Outcome.MISMATCH, user_id=user_id)
             _set_invoice_outcome(tx, row["id"], "paid", paid, now, cause)
@@ -282,7 +283,7 @@ class Database:
             _audit(tx, now, user_id, "payment_applied", cause, paid.invoice_id,
                    {**detail, "expires_at": new_expiry})
             # No dedupe key: the invoice's step to paid above already happens once.
-            enqueue(tx, "activated", user_id,
+            enqueue(tx, Kind.ACTIVATED, user_id,
                     {"payment_uuid": row["payment_uuid"], "plan": row["plan_id"], "expires_at": new_expiry},
                     now, PRIORITY_NOW)
             return ApplyResult(Outcome.APPLIED, user_id=user_id, expires_at=new_expiry)
@@ -298,7 +299,7 @@ class Database:
                 return None
             new_expiry = extend_subscription(tx, user_id, duration, now)
             _audit(tx, now, user_id, "trial_started", "bot", None, {"plan": plan_id, "expires_at": new_expiry})
-            enqueue(tx, "activated", user_id, {"plan": plan_id, "expires_at": new_expiry, "trial": True},
+            enqueue(tx, Kind.ACTIVATED, user_id, {"plan": plan_id, "expires_at": new_expiry, "trial": True},
                     now, PRIORITY_NOW, dedupe_key=f"trial:{user_id}")
             return new_expiry
 
@@ -326,7 +327,7 @@ class Database:
                     for covered in (p for p in points if p >= point):
                         tx.execute("INSERT OR IGNORE INTO reminders (user_id, expires_at, point, sent_at) "
                                    "VALUES (?, ?, ?, ?)", (row["user_id"], row["expires_at"], covered, now))
-                    queued += enqueue(tx, "reminder", row["user_id"], {"expires_at": row["expires_at"],
+                    queued += enqueue(tx, Kind.REMINDER, row["user_id"], {"expires_at": row["expires_at"],
                                       "point": point}, now, PRIORITY_NORMAL,
                                       dedupe_key=f"remind:{row['user_id']}:{row['expires_at']}:{point}")
         return queued
@@ -346,7 +347,7 @@ class Database:
                        detail={"expires_at": row["expires_at"]})
                 # Once per expiry comes from removed_for, set in this transaction; an expiry that
                 # comes back after a clock correction (undo_early_removals) is queued again.
-                enqueue(tx, "expire", row["user_id"], {"expires_at": row["expires_at"]}, now, PRIORITY_NORMAL,
+                enqueue(tx, Kind.EXPIRE, row["user_id"], {"expires_at": row["expires_at"]}, now, PRIORITY_NORMAL,
                         pending_key=f"expire:{row['user_id']}")
         return len(rows)
 
@@ -363,7 +364,7 @@ class Database:
             for row in rows:
                 _audit(tx, now, row["user_id"], "removal_undone", "scheduler",
                        detail={"expires_at": row["expires_at"], "why": "the expiry is in the future again"})
-                enqueue(tx, "way_in", row["user_id"], {}, now, PRIORITY_NOW, pending_key=f"way_in:{row['user_id']}")
+                enqueue(tx, Kind.WAY_IN, row["user_id"], {}, now, PRIORITY_NOW, pending_key=f"way_in:{row['user_id']}")
         return len(rows)
 
     def expiry_not_handled(self, user_id: int, expires_at: int) -> None:
@@ -384,7 +385,7 @@ class Database:
             for row in rows:
                 tx.execute("UPDATE join_requests SET status = 'declined', decided_at = ? "
                            "WHERE chat_id = ? AND user_id = ?", (now, row["chat_id"], row["user_id"]))
-                enqueue(tx, "decline", row["user_id"], {"chat_id": row["chat_id"]}, now, PRIORITY_NORMAL,
+                enqueue(tx, Kind.DECLINE, row["user_id"], {"chat_id": row["chat_id"]}, now, PRIORITY_NORMAL,
                         dedupe_key=f"decline:{row['chat_id']}:{row['user_id']}:{row['requested_at']}")
         return len(rows)
 
@@ -395,10 +396,10 @@ class Database:
                        "WHERE id = ? AND status = 'pending'", (now, message_id))
             _audit(tx, now, user_id, "member_removed", "scheduler", detail={"expires_at": expires_at, "chats": chats})
             if chats:
-                enqueue(tx, "expired_notice", user_id, {"expires_at": expires_at, "chats": chats}, now,
+                enqueue(tx, Kind.EXPIRED_NOTICE, user_id, {"expires_at": expires_at, "chats": chats}, now,
                         PRIORITY_NORMAL, pending_key=f"expired:{user_id}")
 
-    def alert_state(self, key: str, bad: bool, now: int, admin_ids: frozenset[int], kind: str,
+    def alert_state(self, key: str, bad: bool, now: int, admin_ids: frozenset[int], kind: Kind,
                     payload: dict, announce_recovery: bool = True) -> bool:
         """Record a condition as bad or ok; alert admins once when it turns bad (and, if asked,
         once when it is ok again; a first look that finds it ok says nothing). True when an
@@ -461,7 +462,7 @@ class Database:
             detail = {"invoice_id": invoice_id, "user_id": row["user_id"], "error": error}
             _audit(tx, now, row["user_id"], "invoice_unreadable", "poller", invoice_id, detail)
             for admin_id in sorted(admin_ids):
-                enqueue(tx, "admin_invoice_unreadable", admin_id, detail, now, PRIORITY_NOW,
+                enqueue(tx, Kind.ADMIN_INVOICE_UNREADABLE, admin_id, detail, now, PRIORITY_NOW,
                         dedupe_key=f"unreadable:{invoice_id}:{admin_id}")
             return True
 
@@ -500,7 +501,7 @@ class Database:
             tx.execute("UPDATE OR IGNORE bans SET chat_id = ? WHERE chat_id = ?", (new, old))
             _audit(tx, now, None, "chat_migrated", "bot", detail={"from": old, "to": new})
             for admin_id in sorted(admin_ids):
-                enqueue(tx, "admin_migrated", admin_id, {"old": old, "new": new}, now, PRIORITY_NOW,
+                enqueue(tx, Kind.ADMIN_MIGRATED, admin_id, {"old": old, "new": new}, now, PRIORITY_NOW,
                         dedupe_key=f"migrated:{old}:{admin_id}")
             return True
 
@@ -508,7 +509,7 @@ class Database:
         """Removals that failed while the bot lacked its rights: due at once."""
         with self.transaction() as tx:
             tx.execute("UPDATE outbox SET next_attempt_at = ? "
-                       "WHERE status = 'pending' AND kind IN ('expire', 'lift_ban')", (now,))
+                       "WHERE status = 'pending' AND kind IN (?, ?)", (now, Kind.EXPIRE, Kind.LIFT_BAN))
 
     # --- the owner's tools ---
 
@@ -551,7 +552,7 @@ class Database:
             new_expiry = extend_subscription(tx, user_id, duration, now)
             _audit(tx, now, user_id, "granted", "admin", detail={"duration": duration, "by": by,
                                                                  "expires_at": new_expiry})
-            enqueue(tx, "granted", user_id, {"duration": duration, "expires_at": new_expiry}, now, PRIORITY_NOW)
+            enqueue(tx, Kind.GRANTED, user_id, {"duration": duration, "expires_at": new_expiry}, now, PRIORITY_NOW)
             return new_expiry
 
     def revoke(self, user_id: int, now: int, by: str, command_key: str | None = None) -> bool:
@@ -567,7 +568,7 @@ class Database:
             tx.execute("UPDATE subscriptions SET expires_at = ?, removed_for = ?, updated_at = ?, revoked_at = ? "
                        "WHERE user_id = ?", (now, now, now, now, user_id))
             _audit(tx, now, user_id, "revoked", "admin", detail={"by": by, "was_until": row["expires_at"]})
-            enqueue(tx, "expire", user_id, {"expires_at": now, "revoked": True}, now, PRIORITY_NOW,
+            enqueue(tx, Kind.EXPIRE, user_id, {"expires_at": now, "revoked": True}, now, PRIORITY_NOW,
                     dedupe_key=f"revoke:{user_id}:{now}")
             return True
 
@@ -629,13 +630,14 @@ class Database:
             payload = json.dumps({"broadcast_id": broadcast_id}, sort_keys=True)
             tx.executemany(
                 "INSERT INTO outbox (kind, chat_id, payload, priority, created_at, next_attempt_at, dedupe_key) "
-                "VALUES ('broadcast', ?, ?, ?, ?, ?, ?)",
-                [(user, payload, PRIORITY_BULK, now, now, f"broadcast:{broadcast_id}:{user}") for user in users])
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(Kind.BROADCAST, user, payload, PRIORITY_BULK, now, now, f"broadcast:{broadcast_id}:{user}")
+                 for user in users])
             tx.execute("UPDATE broadcasts SET total = ?, finished_at = CASE WHEN ? = 0 THEN ? END WHERE id = ?",
                        (len(users), len(users), now, broadcast_id))
             _audit(tx, now, None, "broadcast", "admin", detail={"broadcast_id": broadcast_id,
                                                                 "recipients": len(users)})
-            enqueue(tx, "broadcast_started", admin_chat, {"broadcast_id": broadcast_id}, now, PRIORITY_NOW,
+            enqueue(tx, Kind.BROADCAST_STARTED, admin_chat, {"broadcast_id": broadcast_id}, now, PRIORITY_NOW,
                     dedupe_key=f"broadcast_started:{broadcast_id}")
         return broadcast_id, len(users)
 
@@ -697,7 +699,7 @@ class Database:
 
     # --- outbox ---
 
-    def enqueue(self, kind: str, chat_id: int, payload: dict, now: int,
+    def enqueue(self, kind: Kind, chat_id: int, payload: dict, now: int,
                 priority: int = PRIORITY_NORMAL, dedupe_key: str | None = None,
                 pending_key: str | None = None) -> bool:
         with self.transaction() as tx:
@@ -728,7 +730,7 @@ class Database:
                    WHERE id = ? AND status = 'pending' RETURNING kind, payload""",
                 (status, now, error, message_id),
             ).fetchone()
-            if row is not None and row["kind"] == "broadcast":
+            if row is not None and row["kind"] == Kind.BROADCAST:
                 column = "sent" if status == "sent" else "failed"
                 tx.execute(f"""UPDATE broadcasts SET {column} = {column} + 1,
                                  finished_at = CASE WHEN sent + failed + 1 >= total THEN ? END
@@ -828,11 +830,13 @@ class ApplyResult:
 
 # --- helpers that run inside a caller's transaction ---
 
-def enqueue(tx: sqlite3.Connection, kind: str, chat_id: int, payload: dict, now: int,
+def enqueue(tx: sqlite3.Connection, kind: Kind, chat_id: int, payload: dict, now: int,
             priority: int = PRIORITY_NORMAL, dedupe_key: str | None = None,
             pending_key: str | None = None) -> bool:
     """Queue Telegram work; False if a row with this dedupe_key exists (ever), or one with
-    this pending_key is still waiting (duplicate requests collapse into it)."""
+    this pending_key is still waiting (duplicate requests collapse into it). A kind that
+    is not a Kind raises ValueError, and the caller's transaction rolls back."""
+    kind = Kind(kind)
     cursor = tx.execute(
         """INSERT INTO outbox (kind, chat_id, payload, priority, created_at, next_attempt_at, dedupe_key,
                                pending_key)

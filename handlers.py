@@ -14,6 +14,7 @@ import texts
 from config import Plan
 from cryptopay import CryptoPayError
 from db import PRIORITY_NOW
+from kinds import Kind
 from payments import buy, check, club_name
 from runtime import App
 
@@ -105,7 +106,7 @@ def on_link(app: App, message: types.Message) -> None:
 
 def queue_way_in(app: App, user_id: int, now: int) -> None:
     """One waiting "way in" per member: asking again while it waits adds nothing."""
-    app.db.enqueue("way_in", user_id, {}, now, priority=PRIORITY_NOW, pending_key=f"way_in:{user_id}")
+    app.db.enqueue(Kind.WAY_IN, user_id, {}, now, priority=PRIORITY_NOW, pending_key=f"way_in:{user_id}")
 
 
 def on_help(app: App, message: types.Message) -> None:
@@ -174,10 +175,10 @@ def on_join_request(app: App, request: types.ChatJoinRequest) -> None:
     app.db.record_join_request(request.chat.id, user.id, request.user_chat_id, now)
     expires_at = app.db.expires_at(user.id)
     if expires_at and expires_at > now:
-        app.db.enqueue("approve", user.id, {"chat_id": request.chat.id}, now, priority=PRIORITY_NOW,
+        app.db.enqueue(Kind.APPROVE, user.id, {"chat_id": request.chat.id}, now, priority=PRIORITY_NOW,
                        pending_key=f"approve:{request.chat.id}:{user.id}")
     elif request.user_chat_id:
-        app.db.enqueue("join_plans", request.user_chat_id,
+        app.db.enqueue(Kind.JOIN_PLANS, request.user_chat_id,
                        {"user_id": user.id, "club_chat_id": request.chat.id}, now, priority=PRIORITY_NOW,
                        pending_key=f"join_plans:{request.chat.id}:{user.id}")
     log.info("join request from member %s to chat %s (%s)", user.id, request.chat.id,

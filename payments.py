@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from config import Plan
 from cryptopay import CryptoPayError, UnreadableInvoice
 from db import Outcome
+from kinds import Kind
 from runtime import App
 
 log = logging.getLogger("clubbot.payments")
@@ -32,7 +33,7 @@ def note_crypto_pay(app: App, error: CryptoPayError | None) -> None:
     """Alert admins once when Crypto Pay refuses the token, and once when it takes it again."""
     if error is not None and not error.is_auth_error:
         return  # an outage says nothing about the token
-    if app.db.alert_state("cryptopay_token", error is not None, app.now(), app.config.admin_ids, "admin_token",
+    if app.db.alert_state("cryptopay_token", error is not None, app.now(), app.config.admin_ids, Kind.ADMIN_TOKEN,
                           {"error": error.name if error else ""}):
         if error is not None:
             log.error("Crypto Pay refuses CRYPTO_PAY_TOKEN (%s)", error.name)
@@ -44,7 +45,7 @@ def note_crypto_pay(app: App, error: CryptoPayError | None) -> None:
 def note_webhook(app: App, arrived: bool, invoice_id: int) -> None:
     """Webhooks are not arriving (the poller's watch saw none) or arrive again (one for an
     invoice of ours came): alert admins once per outage, and again only after they worked."""
-    if app.db.alert_state("webhook", not arrived, app.now(), app.config.admin_ids, "admin_webhook",
+    if app.db.alert_state("webhook", not arrived, app.now(), app.config.admin_ids, Kind.ADMIN_WEBHOOK,
                           {"invoice_id": invoice_id}, announce_recovery=False):
         if not arrived:
             log.error("webhooks are not arriving: invoice %s was applied by the poller and no webhook came "
@@ -55,7 +56,7 @@ def note_webhook(app: App, arrived: bool, invoice_id: int) -> None:
 def note_unusable_webhook(app: App, usable: bool, error: str = "", record_id: int | None = None) -> None:
     """A correctly signed webhook we could not use: alert admins once, until one is used again."""
     if app.db.alert_state("webhook_unusable", not usable, app.now(), app.config.admin_ids,
-                          "admin_webhook_unusable", {"error": error, "record_id": record_id},
+                          Kind.ADMIN_WEBHOOK_UNUSABLE, {"error": error, "record_id": record_id},
                           announce_recovery=False):
         app.wake_sender()
 

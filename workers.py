@@ -10,6 +10,7 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 
 from telebot import types
 
@@ -17,6 +18,7 @@ import texts
 from cryptopay import CryptoPayError
 from db import Database
 from handlers import member_language, plans_keyboard
+from kinds import Kind
 from payments import WebhookWatch, poll_once
 from runtime import App
 from tg import classify, migrated_to
@@ -39,7 +41,7 @@ class RemovalBlocked(Exception):
 
 
 # Work that is retried until it is done, however long that takes.
-NEVER_GIVE_UP = frozenset({"expire", "lift_ban"})
+NEVER_GIVE_UP = frozenset({Kind.EXPIRE, Kind.LIFT_BAN})
 JOIN_REQUEST_WAIT = 86400  # a join request waits this long for a payment, then is declined
 ADMINS_TTL = 600  # seconds a club chat's admin list is trusted
 BROADCAST_EDIT_EVERY = 3.0  # seconds between edits of a broadcast's progress message
@@ -54,28 +56,28 @@ class Sender:
         self.db: Database = app.db
         self.bot = app.bot
         self.lanes = lanes
-        self.kinds = {
-            "activated": self._activated,
-            "way_in": self._way_in_message,
-            "payment_mismatch": self._payment_mismatch,
-            "admin_mismatch": self._admin_mismatch,
-            "approve": self._approve,
-            "join_plans": self._join_plans,
-            "text": self._text,
-            "reminder": self._reminder,
-            "expire": self._expire,
-            "expired_notice": self._expired_notice,
-            "decline": self._decline,
-            "admin_rights": self._admin_rights,
-            "granted": self._granted,
-            "broadcast": self._broadcast,
-            "broadcast_started": self._broadcast_started,
-            "admin_token": self._admin_token,
-            "admin_webhook": self._admin_webhook,
-            "admin_webhook_unusable": self._admin_webhook_unusable,
-            "admin_invoice_unreadable": self._admin_invoice_unreadable,
-            "admin_migrated": self._admin_migrated,
-            "lift_ban": self._lift_ban,
+        self.kinds: dict[Kind, Callable] = {
+            Kind.ACTIVATED: self._activated,
+            Kind.WAY_IN: self._way_in_message,
+            Kind.PAYMENT_MISMATCH: self._payment_mismatch,
+            Kind.ADMIN_MISMATCH: self._admin_mismatch,
+            Kind.APPROVE: self._approve,
+            Kind.JOIN_PLANS: self._join_plans,
+            Kind.TEXT: self._text,
+            Kind.REMINDER: self._reminder,
+            Kind.EXPIRE: self._expire,
+            Kind.EXPIRED_NOTICE: self._expired_notice,
+            Kind.DECLINE: self._decline,
+            Kind.ADMIN_RIGHTS: self._admin_rights,
+            Kind.GRANTED: self._granted,
+            Kind.BROADCAST: self._broadcast,
+            Kind.BROADCAST_STARTED: self._broadcast_started,
+            Kind.ADMIN_TOKEN: self._admin_token,
+            Kind.ADMIN_WEBHOOK: self._admin_webhook,
+            Kind.ADMIN_WEBHOOK_UNUSABLE: self._admin_webhook_unusable,
+            Kind.ADMIN_INVOICE_UNREADABLE: self._admin_invoice_unreadable,
+            Kind.ADMIN_MIGRATED: self._admin_migrated,
+            Kind.LIFT_BAN: self._lift_ban,
         }
         self._broadcast_edits: dict[int, tuple[float, int]] = {}
         self._admins: dict[int, tuple[float, frozenset[int]]] = {}
@@ -145,7 +147,7 @@ class Sender:
             return
         self.db.message_done(row["id"], "sent", self.app.now())
         log.info("sent %s to %s (outbox %s)", row["kind"], row["chat_id"], row["id"])
-        if row["kind"] == "broadcast":
+        if row["kind"] == Kind.BROADCAST:
             self._broadcast_progress(json.loads(row["payload"])["broadcast_id"])
 
     def _failed(self, row: sqlite3.Row, exc: Exception) -> None:
@@ -171,7 +173,7 @@ class Sender:
             self._retry(row, now, failure.description, where)
             return
         self.db.message_done(row["id"], "failed", now, failure.description)
-        if row["kind"] == "broadcast":
+        if row["kind"] == Kind.BROADCAST:
             self._broadcast_progress(json.loads(row["payload"])["broadcast_id"])
 
     def _retry(self, row: sqlite3.Row, now: int, description: str, where: str) -> None:
@@ -443,7 +445,7 @@ class Sender:
             except RemovalBlocked as blocked:
                 log.warning("member %s: a ban in chat %s cannot be lifted now (%s); retried until it is",
                             user_id, chat_id, blocked)
-                self.db.enqueue("lift_ban", user_id, {"chat_id": chat_id}, self.app.now(),
+                self.db.enqueue(Kind.LIFT_BAN, user_id, {"chat_id": chat_id}, self.app.now(),
                                 pending_key=f"lift_ban:{chat_id}:{user_id}")
                 continue
             log.info("member %s: a ban left by an interrupted removal from chat %s is lifted", user_id, chat_id)
@@ -658,7 +660,7 @@ class Sweeper:
                 missing = ["right_admin"]
             else:
                 missing = missing_rights(member, app.chat_types.get(chat_id))
-            if app.db.alert_state(f"rights:{chat_id}", bool(missing), now, app.config.admin_ids, "admin_rights",
+            if app.db.alert_state(f"rights:{chat_id}", bool(missing), now, app.config.admin_ids, Kind.ADMIN_RIGHTS,
                                   {"chat_id": chat_id, "missing": missing}):
                 if missing:
                     log.error("the bot lost its rights in chat %s: %s", chat_id, ", ".join(missing))

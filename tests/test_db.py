@@ -1,4 +1,4 @@
-"""db.py's own rules: transactions."""
+"""db.py's own rules: transactions, and the kinds of work the outbox takes."""
 import time
 
 import pytest
@@ -13,3 +13,22 @@ def test_a_transaction_inside_another_fails_at_once_with_a_clear_error(app):
                 pass
         assert time.monotonic() - started < 0.5  # not after waiting out the lock's timeout
     assert app.db.connect().execute("SELECT value FROM state WHERE key = 'outer'").fetchone()[0] == "1"
+
+
+def test_every_kind_of_work_has_a_handler_and_every_handler_a_kind(app):
+    from kinds import Kind
+    from workers import Sender
+
+    assert set(Sender(app).kinds) == set(Kind)
+
+
+def test_a_misspelt_kind_is_refused_when_queued_and_nothing_is_written(app):
+    from db import enqueue
+
+    with pytest.raises(ValueError, match="activatd"):
+        with app.db.transaction() as tx:
+            tx.execute("INSERT INTO state (key, value) VALUES ('with_it', '1')")
+            enqueue(tx, "activatd", 501, {}, app.now())
+    conn = app.db.connect()
+    assert conn.execute("SELECT count(*) FROM outbox").fetchone()[0] == 0
+    assert conn.execute("SELECT count(*) FROM state WHERE key = 'with_it'").fetchone()[0] == 0
