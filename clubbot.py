@@ -104,7 +104,6 @@ def serve(app: App, with_bot: bool, with_http: bool) -> int:
 def _learn_bot(app: App) -> None:
     """The bot's username (for the invoice's return button) and the club chats' titles."""
     from tg import classify, migrated_to
-    from workers import follow_migration
 
     try:
         me = app.bot.get_me()
@@ -124,7 +123,7 @@ def _learn_bot(app: App) -> None:
         except Exception as exc:
             new_id = migrated_to(exc)
             if new_id is not None:
-                follow_migration(app, chat_id, new_id)
+                app.follow_migration(chat_id, new_id)
                 continue
             log.warning("Telegram getChat %s failed: %s", chat_id, classify(exc).description)
 

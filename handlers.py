@@ -11,40 +11,14 @@ from telebot import TeleBot, types
 
 import admin
 import texts
-from config import Plan
 from cryptopay import CryptoPayError
 from db import PRIORITY_NOW
 from kinds import Kind
 from payments import buy, check, club_name
 from runtime import App
+from views import plan_title, plans_keyboard
 
 log = logging.getLogger("clubbot.bot")
-
-
-# --- views shared with the sender ---
-
-def member_language(app: App, user_id: int) -> str:
-    row = app.db.member(user_id)
-    return texts.language_for(row["language"] if row else None, app.config.default_language)
-
-
-def plan_title(plan: Plan, lang: str) -> str:
-    return plan.title or texts.duration_text(plan.duration, lang)
-
-
-def plans_keyboard(app: App, lang: str, renew: bool) -> types.InlineKeyboardMarkup:
-    keyboard = types.InlineKeyboardMarkup()
-    for plan in app.config.plans:
-        title = plan_title(plan, lang)
-        if plan.is_trial:
-            if renew:
-                continue
-            label = texts.t(lang, "trial_button", title=title)
-        else:
-            label = texts.t(lang, "renew_button" if renew else "plan_button",
-                            title=title, price=texts.price(plan.amount, plan.currency))
-        keyboard.add(types.InlineKeyboardButton(label, callback_data=f"plan:{plan.id}"))
-    return keyboard
 
 
 # --- handlers ---
@@ -299,10 +273,8 @@ def command_key(message: types.Message) -> str:
 
 def on_chat_migrated(app: App, message: types.Message) -> None:
     """A club group became a supergroup (Telegram's service message in the old group)."""
-    from workers import follow_migration
-
     if message.chat.id in app.club_chats() and message.migrate_to_chat_id:
-        follow_migration(app, message.chat.id, message.migrate_to_chat_id)
+        app.follow_migration(message.chat.id, message.migrate_to_chat_id)
 
 
 def _guarded(app: App, handler):

@@ -168,6 +168,15 @@ class App:
     def wake_sender(self) -> None:
         self.outbox_ready.set()
 
+    def follow_migration(self, old: int, new: int) -> None:
+        """A club group became a supergroup with a new id: work on it from now on (remembered in
+        the database); the admins are told to update CLUB_CHAT_IDS."""
+        self.chat_migrations[old] = new
+        if self.db.record_migration(old, new, self.now(), self.config.admin_ids):
+            logging.getLogger("clubbot").warning(
+                "club chat %s was upgraded to a supergroup: it is now %s (write that in CLUB_CHAT_IDS)", old, new)
+            self.wake_sender()
+
 
 def build_app(config: Config, clock: Clock | None = None) -> App:
     """Open (and migrate) the database and make the Crypto Pay client."""

@@ -17,11 +17,11 @@ from telebot import types
 import texts
 from cryptopay import CryptoPayError
 from db import Database
-from handlers import member_language, plans_keyboard
 from kinds import Kind
 from payments import WebhookWatch, poll_once
 from runtime import App
 from tg import classify, migrated_to
+from views import member_language, plans_keyboard
 
 log = logging.getLogger("clubbot.workers")
 
@@ -685,18 +685,9 @@ def budgeted_call(app: App, method, *args, **kwargs):
             new_id = migrated_to(exc)
             if attempt or new_id is None or not args or args[0] == new_id:
                 raise
-            follow_migration(app, args[0], new_id)
+            app.follow_migration(args[0], new_id)
             args = (new_id, *args[1:])
     raise AssertionError("unreachable")
-
-
-def follow_migration(app: App, old: int, new: int) -> None:
-    """Work on the new id from now on; the admins are told to update CLUB_CHAT_IDS."""
-    app.chat_migrations[old] = new
-    if app.db.record_migration(old, new, app.now(), app.config.admin_ids):
-        log.warning("club chat %s was upgraded to a supergroup: it is now %s (write that in CLUB_CHAT_IDS)",
-                    old, new)
-        app.wake_sender()
 
 
 def missing_rights(member, chat_type: str | None) -> list[str]:

@@ -1,0 +1,33 @@
+"""What members and admins see that both the handlers and the sender build: their language,
+a plan's title, the plans as buttons."""
+from __future__ import annotations
+
+from telebot import types
+
+import texts
+from config import Plan
+from runtime import App
+
+
+def member_language(app: App, user_id: int) -> str:
+    row = app.db.member(user_id)
+    return texts.language_for(row["language"] if row else None, app.config.default_language)
+
+
+def plan_title(plan: Plan, lang: str) -> str:
+    return plan.title or texts.duration_text(plan.duration, lang)
+
+
+def plans_keyboard(app: App, lang: str, renew: bool) -> types.InlineKeyboardMarkup:
+    keyboard = types.InlineKeyboardMarkup()
+    for plan in app.config.plans:
+        title = plan_title(plan, lang)
+        if plan.is_trial:
+            if renew:
+                continue
+            label = texts.t(lang, "trial_button", title=title)
+        else:
+            label = texts.t(lang, "renew_button" if renew else "plan_button",
+                            title=title, price=texts.price(plan.amount, plan.currency))
+        keyboard.add(types.InlineKeyboardButton(label, callback_data=f"plan:{plan.id}"))
+    return keyboard
