@@ -52,6 +52,8 @@ class FakeClock:
 
 
 def free_port() -> int:
+    """A port for a server in another process (ClubBot's, nginx), which must be told one;
+    servers in this process bind port 0 instead."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -134,10 +136,9 @@ def server(app):
     """The WSGI app behind a real waitress server on 127.0.0.1; yields its base URL."""
     from webhook_server import ServerThread, create_server
 
-    port = free_port()
-    thread = ServerThread(create_server(app, host="127.0.0.1", port=port)).start()
-    wait_for_port(port)
-    yield f"http://127.0.0.1:{port}"
+    server = create_server(app, host="127.0.0.1", port=0)  # any free port: no race for one
+    thread = ServerThread(server).start()
+    yield f"http://127.0.0.1:{server.effective_port}"
     thread.stop(2)
 
 

@@ -202,14 +202,10 @@ def disk_app(make_config, clock, folder):
 
 
 def serve(app):
-    from conftest import free_port, wait_for_port
-
     from webhook_server import ServerThread, create_server
 
-    port = free_port()
-    thread = ServerThread(create_server(app, host="127.0.0.1", port=port)).start()
-    wait_for_port(port)
-    return thread, f"http://127.0.0.1:{port}"
+    server = create_server(app, host="127.0.0.1", port=0)  # any free port: no race for one
+    return ServerThread(server).start(), f"http://127.0.0.1:{server.effective_port}"
 
 
 def test_a_full_disk_answers_500_loses_nothing_and_recovers(small_disk, make_config, clock, cryptopay):

@@ -2,7 +2,7 @@ import io
 import logging
 
 import requests
-from conftest import BOT_TOKEN, PAY_TOKEN, ROOT, free_port, start_process
+from conftest import BOT_TOKEN, PAY_TOKEN, ROOT, start_process
 
 from runtime import setup_logging
 
@@ -29,10 +29,10 @@ def test_tokens_are_redacted_everywhere_tracebacks_included(make_config, tmp_pat
 def test_a_port_in_use_is_one_line_and_exit_1(tmp_path, env):
     import socket
 
-    port = free_port()
     with socket.socket() as taken:
-        taken.bind(("127.0.0.1", port))
+        taken.bind(("127.0.0.1", 0))
         taken.listen()
+        port = taken.getsockname()[1]
         process = start_process([str(ROOT / "webhook_server.py")], {**env, "WEBHOOK_PORT": str(port)}, tmp_path)
         _, err = process.communicate(timeout=20)
     assert process.returncode == 1
