@@ -97,6 +97,10 @@ class Failure:
     kind: str  # "flood" (wait retry_after), "blocked" (403), "rejected" (other 4xx), "transient"
     description: str
     retry_after: int = 0
+    # Of a refusal: "no_rights" (the bot may not do it there: rights, or the chat is gone;
+    # a 403 "blocked" says the bot is not let in at all),
+    # "admin" (the member is the chat's admin or owner), or "" (anything else).
+    reason: str = ""
 
 
 def migrated_to(exc: BaseException) -> int | None:
@@ -108,6 +112,15 @@ def migrated_to(exc: BaseException) -> int | None:
     return None
 
 
+def _refusal_reason(text: str) -> str:
+    """The Bot API says why it refused only in words; they are read here, and nowhere else."""
+    if "rights" in text or "chat not found" in text:
+        return "no_rights"
+    if "administrator" in text or "owner" in text:
+        return "admin"
+    return ""
+
+
 def classify(exc: BaseException) -> Failure:
     if isinstance(exc, apihelper.ApiTelegramException):
         code = exc.error_code
@@ -117,9 +130,9 @@ def classify(exc: BaseException) -> Failure:
             retry_after = parameters.get("retry_after")
             return Failure("flood", description, int(retry_after) if isinstance(retry_after, int) else 5)
         if code == 403:
-            return Failure("blocked", description)
+            return Failure("blocked", description, reason=_refusal_reason(description.lower()))
         if code == 400:
-            return Failure("rejected", description)
+            return Failure("rejected", description, reason=_refusal_reason(description.lower()))
         return Failure("transient", description)  # 5xx, and 401/404 while a token or proxy is being fixed
     if isinstance(exc, apihelper.ApiHTTPException):
         return Failure("transient", f"HTTP {exc.result.status_code}")

@@ -416,10 +416,9 @@ class Sender:
     def _removal_refused(self, chat_id: int, user_id: int, exc: Exception) -> bool:
         """What a refused ban or unban means: retry later (raises), an admin (False), or done."""
         failure = classify(exc)
-        text = failure.description.lower()
-        if failure.kind == "blocked" or "rights" in text or "chat not found" in text:
+        if failure.kind == "blocked" or failure.reason == "no_rights":
             raise RemovalBlocked(f"chat {chat_id}: {failure.description}") from None
-        if failure.kind == "rejected" and ("administrator" in text or "owner" in text):
+        if failure.reason == "admin":
             log.info("member %s is an admin of chat %s; not removed", user_id, chat_id)
             return False
         if failure.kind == "rejected":

@@ -2,6 +2,7 @@
 import json
 import logging
 
+import pytest
 from conftest import ADMIN, CLUB_CHAT, START
 
 from payments import buy
@@ -154,3 +155,19 @@ def test_a_chat_without_an_invite_link_does_not_cost_the_member_the_message(app,
     [message] = telegram.messages_to(501)
     assert "active until" in message["text"]
     assert app.db.connect().execute("SELECT status FROM outbox").fetchone()[0] == "sent"
+
+
+@pytest.mark.parametrize(("code", "description", "reason"), [
+    (400, "Bad Request: not enough rights to restrict/ban chat member", "no_rights"),
+    (400, "Bad Request: chat not found", "no_rights"),
+    (400, "Bad Request: user is an administrator of the chat", "admin"),
+    (400, "Bad Request: can't remove chat owner", "admin"),
+    (400, "Bad Request: PARTICIPANT_ID_INVALID", ""),
+])
+def test_why_the_bot_api_refused_is_read_in_one_place(code, description, reason):
+    from telebot.apihelper import ApiTelegramException
+
+    from tg import classify
+
+    error = ApiTelegramException("banChatMember", None, {"ok": False, "error_code": code, "description": description})
+    assert classify(error).reason == reason
