@@ -252,11 +252,11 @@ class Database:
                                  (paid.payload,)).fetchone()
             if row is None:
                 return ApplyResult(Outcome.NOT_OURS)
-            if cause == "webhook":
-                # Its latest arrival, whoever applied the payment: the poller's watch asks whether
-                # any webhook came after a payment it applied (a duplicate counts).
-                tx.execute("UPDATE invoices SET webhook_at = ? WHERE id = ?", (now, row["id"]))
             if row["status"] in ("paid", "mismatch"):
+                if cause == "webhook":
+                    # Its latest arrival, whoever applied the payment: the poller's watch asks whether
+                    # any webhook came after a payment it applied (a duplicate counts).
+                    tx.execute("UPDATE invoices SET webhook_at = ? WHERE id = ?", (now, row["id"]))
                 return ApplyResult(Outcome.DUPLICATE, user_id=row["user_id"], expires_at=_expiry(tx, row["user_id"]))
             user_id = row["user_id"]
             asked = (row["currency_type"], row["currency"], Decimal(row["invoice_amount"] or row["amount"]))
@@ -484,8 +484,7 @@ class Database:
 
     def chat_migrations(self) -> dict[int, int]:
         """Club groups upgraded to supergroups: old chat id -> new chat id."""
-        rows = self.connect().execute("SELECT key, value FROM state WHERE key LIKE 'migrated:%'").fetchall()
-        return {int(row["key"].partition(":")[2]): int(row["value"]) for row in rows}
+        return {int(key.partition(":")[2]): int(value) for key, value in self.states("migrated:").items()}
 
     def record_migration(self, old: int, new: int, now: int, admin_ids: frozenset[int]) -> bool:
         """A club group became a supergroup with a new id: follow it (the member's links and
@@ -885,9 +884,11 @@ def _set_invoice_outcome(tx: sqlite3.Connection, row_id: int, status: str, paid:
                          now: int, cause: str) -> None:
     cursor = tx.execute(
         """UPDATE invoices SET status = ?, invoice_id = ?, paid_at = ?, paid_asset = ?, paid_amount = ?,
-                               applied_by = ?
+                               applied_by = ?, webhook_at = coalesce(?, webhook_at)
            WHERE id = ? AND status IN ('creating', 'pending', 'expired', 'failed')""",
-        (status, paid.invoice_id, now, paid.paid_asset, paid.paid_amount, cause, row_id),
+        # A webhook's arrival is recorded in the same statement (the poller's watch reads it).
+        (status, paid.invoice_id, now, paid.paid_asset, paid.paid_amount, cause,
+         now if cause == "webhook" else None, row_id),
     )
     if cursor.rowcount != 1:  # the SELECT above ran in this same transaction: cannot happen
         raise RuntimeError(f"invoice row {row_id} changed under a write transaction")
