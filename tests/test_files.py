@@ -105,9 +105,15 @@ def test_the_databases_companion_files_are_refused_as_targets(cli, member, comma
 
 # --- planted symlinks ---
 
-def test_a_planted_partial_symlink_is_replaced_not_written_through(cli, member, tmp_path):
-    victim = tmp_path / "victim.txt"
-    victim.write_text("keep me\n")
+@pytest.fixture
+def victim(tmp_path):
+    """A file someone would like ClubBot to overwrite through a planted symlink."""
+    path = tmp_path / "victim.txt"
+    path.write_text("keep me\n")
+    return path
+
+
+def test_a_planted_partial_symlink_is_replaced_not_written_through(cli, member, tmp_path, victim):
     (tmp_path / "x.csv.partial").symlink_to(victim)
     code, _, err = cli("export", str(tmp_path / "x.csv"))
     assert code == 0, err
@@ -118,9 +124,7 @@ def test_a_planted_partial_symlink_is_replaced_not_written_through(cli, member, 
     assert leftovers(tmp_path) == []
 
 
-def test_a_planted_journal_symlink_beside_the_partial_backup_is_not_followed(cli, member, tmp_path):
-    victim = tmp_path / "victim.txt"
-    victim.write_text("keep me\n")
+def test_a_planted_journal_symlink_beside_the_partial_backup_is_not_followed(cli, member, tmp_path, victim):
     (tmp_path / "copy.db.partial-journal").symlink_to(victim)
     code, _, err = cli("backup", str(tmp_path / "copy.db"))
     assert code == 0, err
