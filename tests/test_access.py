@@ -606,3 +606,21 @@ def test_a_broadcast_row_finished_while_the_progress_message_was_on_its_way_is_c
     sender.deliver(rows[ADMIN])
     assert telegram.messages_to(ADMIN)[-1]["text"] == "Broadcast to 2 members: 0 sent, 0 failed."
     assert telegram.called("editMessageText")[-1]["text"] == "Broadcast finished: 2 sent, 0 failed, of 2."
+
+
+def test_an_upgrade_message_from_a_chat_that_is_not_the_clubs_changes_nothing(upgraded, telegram):
+    from telebot import types
+
+    app = upgraded
+    register_handlers(app.bot, app)
+    message = {"message_id": 4, "date": START, "chat": {"id": -4000999, "type": "group", "title": "Elsewhere"},
+               "from": {"id": 666, "is_bot": False, "first_name": "Mallory"}, "migrate_to_chat_id": -1004000999}
+    app.bot.process_new_updates([types.Update.de_json({"update_id": 6, "message": message})])
+    assert app.club_chats() == (OLD_GROUP,)
+    assert app.db.chat_migrations() == {}
+
+
+def test_migrations_that_lead_in_a_circle_still_name_each_club_chat_once(make_app):
+    app = make_app(CLUB_CHAT_IDS=f"{OLD_GROUP},{CLUB_CHAT}")
+    app.chat_migrations.update({OLD_GROUP: SUPERGROUP, SUPERGROUP: OLD_GROUP, CLUB_CHAT: SUPERGROUP})
+    assert sorted(app.club_chats()) == sorted({OLD_GROUP, SUPERGROUP})
