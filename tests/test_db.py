@@ -32,3 +32,22 @@ def test_a_misspelt_kind_is_refused_when_queued_and_nothing_is_written(app):
     conn = app.db.connect()
     assert conn.execute("SELECT count(*) FROM outbox").fetchone()[0] == 0
     assert conn.execute("SELECT count(*) FROM state WHERE key = 'with_it'").fetchone()[0] == 0
+
+
+def test_handled_updates_are_forgotten_after_a_week_and_waiting_ones_never(app, clock):
+    from workers import UPDATES_KEPT, Sweeper
+
+    app.db.store_updates([(1, 501, "{}"), (2, 501, "{}"), (3, 502, "{}")], app.now())
+    app.db.update_done(1, app.now())
+    app.db.update_done(2, app.now(), status="dropped")
+    clock.advance(UPDATES_KEPT + 60)
+    Sweeper(app).sweep_once()
+    rows = app.db.connect().execute("SELECT update_id, status FROM updates").fetchall()
+    assert [tuple(row) for row in rows] == [(3, "pending")]  # a flood leaves no pile behind
+
+
+def test_a_stream_of_unusable_webhooks_keeps_only_the_newest(app):
+    for number in range(12):
+        app.db.record_unusable_webhook(f"body {number}".encode(), "not JSON", app.now(), keep=5)
+    bodies = [bytes(row[0]) for row in app.db.connect().execute("SELECT body FROM unusable_webhooks ORDER BY id")]
+    assert bodies == [f"body {number}".encode() for number in range(7, 12)]
