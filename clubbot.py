@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple, TypeVar
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 import requests
 
@@ -24,6 +24,9 @@ import files
 from config import Config, ConfigError
 from cryptopay import CryptoPay, CryptoPayError, signature
 from runtime import App, build_app, setup_logging
+
+if TYPE_CHECKING:
+    from updates import UpdatePoller
 
 log = logging.getLogger("clubbot")
 T = TypeVar("T")
@@ -38,12 +41,7 @@ STOP_UPDATES_SECONDS = 2
 
 def serve(app: App, with_bot: bool, with_http: bool) -> int:
     """Run until SIGTERM or SIGINT; then finish what is in flight and return 0."""
-    from handlers import register_handlers
-    from health import silence_bounds
-    from tg import RateLimiter, make_bot
-    from updates import UpdatePoller
     from webhook_server import ServerThread, create_server
-    from workers import Poller, Sender, Sweeper, start_thread
 
     def on_signal(signum: int, _frame) -> None:
         log.info("received %s, stopping", signal.Signals(signum).name)
@@ -63,24 +61,7 @@ def serve(app: App, with_bot: bool, with_http: bool) -> int:
         http = ServerThread(server).start()
         log.info("HTTP server listening on http://%s:%s (webhook at %s)", app.config.webhook_host,
                  app.config.webhook_port, app.config.public_webhook_url or app.config.webhook_path)
-    updates = None
-    workers: list[threading.Thread] = []
-    if with_bot:
-        app.bot = make_bot(app.config.bot_token, app.config.telegram_api_url)
-        app.limiter = RateLimiter(app.config.telegram_rate)
-        register_handlers(app.bot, app)
-        # In the background: with Telegram slow or unreachable, start-up must not hold off SIGTERM.
-        start_thread("learn", lambda: _learn_bot(app))
-        updates = UpdatePoller(app)
-        workers = [start_thread("sender", Sender(app, lanes=SENDER_LANES).run), start_thread("poller", Poller(app).run),
-                   start_thread("sweeper", Sweeper(app).run)]
-        # Not joined at stop: it may sit in a long poll; what it handled is confirmed in shutdown().
-        watched = [*workers, start_thread("updates", updates.run)]
-        # Written to the database too: the split setup's /health and `check` run in other processes.
-        app.heartbeats.share(app.db)
-        bounds = silence_bounds(app.config)
-        for thread in watched:
-            app.heartbeats.register(thread.name, bounds[thread.name], thread)
+    updates, workers = _start_bot(app) if with_bot else (None, [])
     log.info("ClubBot started (%s)", " + ".join(
         name for name, on in (("bot", with_bot), ("HTTP server", with_http)) if on))
     while not app.stop.wait(1.0):
@@ -101,31 +82,64 @@ def serve(app: App, with_bot: bool, with_http: bool) -> int:
     return 0
 
 
+def _start_bot(app: App) -> tuple[UpdatePoller, list[threading.Thread]]:
+    """The bot's side: the TeleBot and its budget, the handlers, and the background threads,
+    watched by /health. Returns Telegram's update poller and the threads joined at stop."""
+    from handlers import register_handlers
+    from health import silence_bounds
+    from outbox import Sender
+    from tg import RateLimiter, make_bot
+    from updates import UpdatePoller
+    from workers import Poller, Sweeper, start_thread
+
+    app.bot = make_bot(app.config.bot_token, app.config.telegram_api_url)
+    app.limiter = RateLimiter(app.config.telegram_rate)
+    register_handlers(app.bot, app)
+    # In the background: with Telegram slow or unreachable, start-up must not hold off SIGTERM.
+    start_thread("learn", lambda: _learn_bot(app))
+    updates = UpdatePoller(app)
+    workers = [start_thread("sender", Sender(app, lanes=SENDER_LANES).run), start_thread("poller", Poller(app).run),
+               start_thread("sweeper", Sweeper(app).run)]
+    # Not joined at stop: it may sit in a long poll; what it handled is confirmed in shutdown().
+    watched = [*workers, start_thread("updates", updates.run)]
+    # Written to the database too: the split setup's /health and `check` run in other processes.
+    app.heartbeats.share(app.db)
+    bounds = silence_bounds(app.config)
+    for thread in watched:
+        app.heartbeats.register(thread.name, bounds[thread.name], thread)
+    return updates, workers
+
+
 def _learn_bot(app: App) -> None:
-    """The bot's username (for the invoice's return button) and the club chats' titles."""
-    from tg import classify, migrated_to
+    """The bot's username (for the invoice's return button) and the club chats' titles, asked
+    once at start (tg.learn_bot, tg.learn_chat; what fails here is asked again when needed)."""
+    from tg import Stopping, classify, learn_chat
 
     try:
-        me = app.bot.get_me()
-        app.bot_username, app.bot_id = me.username, me.id
-        log.info("Telegram: signed in as @%s", me.username)
+        _sign_in(app)
+        for chat_id in app.club_chats():
+            try:
+                learn_chat(app, chat_id)  # a group upgraded meanwhile is followed to its new id
+            except Exception as exc:
+                log.warning("Telegram getChat %s failed: %s", chat_id, classify(exc).description)
+    except Stopping:
+        pass  # SIGTERM came during start-up
+
+
+def _sign_in(app: App) -> None:
+    """getMe: the bot's id and username; a token Telegram refuses is said plainly."""
+    from tg import classify, learn_bot
+
+    try:
+        learn_bot(app)
     except Exception as exc:
         failure = classify(exc)
         if "401" in failure.description:
             log.error("Telegram refused BOT_TOKEN (%s): check the token from @BotFather", failure.description)
         else:
             log.warning("Telegram getMe failed: %s (will keep trying)", failure.description)
-    for chat_id in app.club_chats():
-        try:
-            chat = app.bot.get_chat(chat_id)
-            app.chat_titles[chat_id] = chat.title or ""
-            app.chat_types[chat_id] = chat.type
-        except Exception as exc:
-            new_id = migrated_to(exc)
-            if new_id is not None:
-                app.follow_migration(chat_id, new_id)
-                continue
-            log.warning("Telegram getChat %s failed: %s", chat_id, classify(exc).description)
+        return
+    log.info("Telegram: signed in as @%s", app.bot_username)
 
 
 # --- commands ---
@@ -170,8 +184,8 @@ def cmd_ping_webhook(config: Config, args: argparse.Namespace) -> int:
 def cmd_check(config: Config, args: argparse.Namespace) -> int:
     """Config, both APIs, the bot's rights in each club chat, and the URL to paste into @CryptoBot."""
     import texts
+    from access import missing_rights
     from tg import classify, make_bot, migrated_to
-    from workers import missing_rights
 
     problems: list[str] = []
 

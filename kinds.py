@@ -1,4 +1,4 @@
-"""The kinds of outbox work: one name each, declared once. The sender has one handler per
+"""The kinds of outbox work: one name each, declared once. outbox.KINDS has one function per
 kind (a test holds the two lists together), so a misspelt kind fails at import or in that
 test, never as an "unknown kind" row at run time."""
 from __future__ import annotations

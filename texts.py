@@ -50,6 +50,7 @@ TEXTS: dict[str, dict[str, str]] = {
         "way_in_links": "Not in the club yet? Open the link and send a join request; it is approved at once:",
         "trial_used": "The free trial can be taken once, and you have already had it. Choose a paid plan with /start.",
         "join_button": "Join {chat}",
+        "chat_untitled": "the club",
         "payment_mismatch": (
             "A payment for your invoice arrived, but it does not match the invoice "
             "({paid} instead of {asked}), so access was not opened. The club's admins "
@@ -145,6 +146,7 @@ TEXTS: dict[str, dict[str, str]] = {
         "way_in_links": "Ещё не в клубе? Откройте ссылку и отправьте заявку — она будет одобрена сразу:",
         "trial_used": "Бесплатный пробный период можно взять один раз, и вы его уже использовали. Выберите платный тариф: /start.",
         "join_button": "Войти в {chat}",
+        "chat_untitled": "клуб",
         "payment_mismatch": (
             "Оплата по вашему счёту поступила, но не совпадает со счётом "
             "({paid} вместо {asked}), поэтому доступ не открыт. Администраторы клуба "

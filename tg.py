@@ -1,14 +1,22 @@
-"""The Telegram side: the TeleBot, one shared rate budget, and what an error means."""
+"""The Telegram side: the TeleBot, one shared rate budget and the calls through it, what an
+error means, and what the bot knows of itself and of the club chats."""
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import requests
 import telebot
 from telebot import apihelper
+
+if TYPE_CHECKING:
+    from runtime import App
+
+log = logging.getLogger("clubbot.tg")
 
 # Long polling waits this long for updates; the systemd stop timeout is above it.
 LONG_POLL_SECONDS = 25
@@ -141,3 +149,72 @@ def classify(exc: BaseException) -> Failure:
     if isinstance(exc, requests.RequestException):
         return Failure("transient", type(exc).__name__)
     return Failure("transient", f"{type(exc).__name__}: {exc}")
+
+
+class Stopping(BaseException):
+    """The process is stopping: a budgeted call gives up its wait, and the work stays queued.
+
+    A BaseException, as asyncio.CancelledError is: it is no failure, so no `except Exception`
+    takes it for one, and none needs an `except Stopping: raise` before it. It is caught once
+    per thread that makes budgeted calls, at the top of its loop (outbox.Sender,
+    workers.Sweeper, clubbot's start-up), which ends its turn there.
+    """
+
+
+class RetryLater(Exception):
+    """Telegram cannot do this now for a reason that time alone does not fix (the bot's rights
+    in a chat, a chat gone): the work is retried with backoff until it is done, never given up."""
+
+
+def budgeted_call(app: App, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """A Bot API call through the shared rate budget. A club group upgraded to a supergroup
+    answers calls to its old id (the first argument) with the new one: recorded, asked again."""
+    for attempt in range(2):
+        if not app.limiter.acquire(app.stop):
+            raise Stopping()
+        try:
+            return method(*args, **kwargs)
+        except Exception as exc:
+            new_id = migrated_to(exc)
+            if attempt or new_id is None or not args or args[0] == new_id:
+                raise
+            app.follow_migration(args[0], new_id)
+            args = (new_id, *args[1:])
+    raise AssertionError("unreachable")
+
+
+def send(app: App, chat_id: int, text: str, **kwargs: Any) -> Any:
+    """sendMessage through the shared budget, at most one a second per chat."""
+    if not app.limiter.acquire(app.stop, chat_id=chat_id):
+        raise Stopping()
+    return app.bot.send_message(chat_id, text, **kwargs)
+
+
+# --- what the bot knows of itself and of the club chats, asked once and kept on the App ---
+
+def learn_bot(app: App) -> int:
+    """The bot's own id (getMe, once; its username is kept too, for the invoice's return
+    button). Raises as the call does."""
+    if app.bot_id is None:
+        me = budgeted_call(app, app.bot.get_me)
+        app.bot_username, app.bot_id = me.username, me.id
+    return app.bot_id
+
+
+def learn_chat(app: App, chat_id: int) -> Any:
+    """getChat: the chat's title and type kept on the App (under the id asked). Raises as the call does."""
+    chat = budgeted_call(app, app.bot.get_chat, chat_id)
+    app.chat_titles[chat_id], app.chat_types[chat_id] = chat.title or "", chat.type
+    return chat
+
+
+def chat_title(app: App, chat_id: int) -> str:
+    """The chat's title, asked once; "" when Telegram does not say (a log line)."""
+    title = app.chat_titles.get(chat_id)
+    if title is not None:
+        return title
+    try:
+        return learn_chat(app, chat_id).title or ""
+    except Exception as exc:
+        log.warning("getChat %s failed: %s", chat_id, classify(exc).description)
+        return ""

@@ -1,5 +1,5 @@
-"""What members and admins see that both the handlers and the sender build: their language,
-a plan's title, the plans as buttons."""
+"""What members and admins see that both the handlers and the outbox build: their language,
+a plan's title, the plans as buttons, a club chat's name."""
 from __future__ import annotations
 
 from telebot import types
@@ -7,6 +7,7 @@ from telebot import types
 import texts
 from config import Plan
 from runtime import App
+from tg import chat_title
 
 
 def member_language(app: App, user_id: int) -> str:
@@ -31,3 +32,8 @@ def plans_keyboard(app: App, lang: str, renew: bool) -> types.InlineKeyboardMark
                             title=title, price=texts.price(plan.amount, plan.currency))
         keyboard.add(types.InlineKeyboardButton(label, callback_data=f"plan:{plan.id}"))
     return keyboard
+
+
+def chat_name(app: App, chat_id: int, lang: str) -> str:
+    """A club chat as members read it: its title, or "the club" while Telegram does not say."""
+    return chat_title(app, chat_id) or texts.t(lang, "chat_untitled")
