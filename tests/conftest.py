@@ -1,7 +1,10 @@
 """Shared fixtures: a real sqlite file under tmp_path, fake Telegram and Crypto Pay
-servers on 127.0.0.1, an App with a movable clock, and a real waitress server."""
+servers on 127.0.0.1, an App with a movable clock, its WSGI app called in process, and a
+real waitress server. What the tests feed ClubBot is built in builders.py."""
 from __future__ import annotations
 
+import inspect
+import io
 import json
 import os
 import socket
@@ -9,6 +12,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from wsgiref.headers import Headers
+from wsgiref.util import setup_testing_defaults
+from wsgiref.validate import validator
 
 import pytest
 import requests
@@ -142,6 +148,71 @@ def server(app):
     thread.stop(2)
 
 
+class Answer:
+    """An answer of the WSGI app called in process, read like a requests.Response."""
+
+    def __init__(self, status: str, headers: list[tuple[str, str]], content: bytes):
+        code, _, self.reason = status.partition(" ")
+        self.status_code = int(code)
+        self.headers = Headers(headers)  # names are case-insensitive, as in requests
+        self.content = content
+
+    def json(self):
+        return json.loads(self.content)
+
+
+class InProcess:
+    """A WSGI app called in this process, as a server calls it (wsgiref's testing defaults), with
+    wsgiref's validator checking both sides of the WSGI contract. For what the app decides
+    (signatures, JSON, outcomes); what HTTP itself does goes through the `server` fixture."""
+
+    def __init__(self, wsgi_app):
+        self.wsgi = validator(wsgi_app)
+
+    def request(self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None,
+                remote_addr: str = "127.0.0.1") -> Answer:
+        environ = {"REQUEST_METHOD": method, "SCRIPT_NAME": "", "PATH_INFO": path, "QUERY_STRING": "",
+                   "REMOTE_ADDR": remote_addr, "SERVER_PROTOCOL": "HTTP/1.1", "CONTENT_LENGTH": str(len(body)),
+                   "wsgi.input": io.BytesIO(body)}
+        for name, value in (headers or {}).items():
+            key = name.upper().replace("-", "_")
+            environ[key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else "HTTP_" + key] = value
+        setup_testing_defaults(environ)
+        started: list[tuple[str, list]] = []
+
+        def start_response(status, response_headers, exc_info=None):
+            started.append((status, response_headers))
+
+        result = self.wsgi(environ, start_response)
+        try:
+            content = b"".join(result)
+        finally:
+            result.close()
+        [(status, response_headers)] = started
+        return Answer(status, response_headers, content)
+
+    def get(self, path: str, **kwargs) -> Answer:
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, body: bytes = b"", **kwargs) -> Answer:
+        return self.request("POST", path, body, **kwargs)
+
+    def post_signed(self, path: str, body: bytes, token: str = PAY_TOKEN, headers: dict[str, str] | None = None,
+                    **kwargs) -> Answer:
+        """A POST signed as CryptoBot signs its webhooks (with `token`)."""
+        signed = {"Content-Type": "application/json", "crypto-pay-api-signature": signature(token, body),
+                  **(headers or {})}
+        return self.post(path, body, headers=signed, **kwargs)
+
+
+@pytest.fixture
+def client(app) -> InProcess:
+    """The WSGI app of `app`, called in process: no socket, no thread."""
+    from webhook_server import make_wsgi_app
+
+    return InProcess(make_wsgi_app(app))
+
+
 def wait_for_port(port: int, timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -161,22 +232,27 @@ def health_stays_quick(server: str, slow: list[socket.socket], seconds: float = 
         started = time.monotonic()
         assert requests.get(server + "/health", timeout=5).status_code == 200
         assert time.monotonic() - started < 0.5
-        time.sleep(0.1)
+        time.sleep(0.1)  # the slow clients' pace
 
 
-def wait_for(predicate, timeout: float = 10, step: float = 0.05):
+def wait_for(predicate, timeout: float = 10, step: float = 0.02, what: str | None = None):
+    """Poll `predicate` until it returns something truthy, and return that. Fails after `timeout`
+    seconds naming what it waited for (`what`, or the predicate's source line)."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while True:
         value = predicate()
         if value:
             return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"not within {timeout} s: {what or _source(predicate)}")
         time.sleep(step)
-    raise AssertionError("condition not met in time")
 
 
-def paid_update(invoice: dict, update_id: int = 1) -> bytes:
-    return json.dumps({"update_id": update_id, "update_type": "invoice_paid",
-                       "request_date": "2026-01-01T00:05:00.000Z", "payload": invoice}).encode()
+def _source(function) -> str:
+    try:
+        return inspect.getsource(function).strip()
+    except (OSError, TypeError):
+        return repr(function)
 
 
 def post_signed(url: str, body: bytes, token: str = PAY_TOKEN, **kwargs) -> requests.Response:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import socket
 import threading
 import time
 from decimal import Decimal
@@ -66,8 +67,15 @@ class FakeServer:
 
         self.server = Server(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
+        self.server.timeout = 1.0  # handle_request()'s longest wait; close() wakes it at once
+        self.closing = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
+
+    def _serve(self) -> None:
+        # Not serve_forever(): its shutdown() waits out a polling interval, every test twice.
+        while not self.closing.is_set():
+            self.server.handle_request()
 
     @property
     def url(self) -> str:
@@ -99,7 +107,12 @@ class FakeServer:
 
     def close(self) -> None:
         self.released.set()
-        self.server.shutdown()
+        self.closing.set()
+        try:  # a connection wakes the loop, which then sees `closing`
+            socket.create_connection(self.server.server_address, timeout=1).close()
+        except OSError:
+            pass
+        self.thread.join(5)
         self.server.server_close()
 
 

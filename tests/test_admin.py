@@ -5,15 +5,15 @@ import sqlite3
 import threading
 
 import pytest
+from builders import command, member_with_time, paid, paid_invoice, paid_update, pending_invoice
 from conftest import ADMIN, CLUB_CHAT, PAY_TOKEN, ROOT, START, start_process
-from test_bot import command
-from test_lifecycle import DAY, member_with_time, paid, settle
+from test_lifecycle import DAY, settle
 
 import admin
 from cryptopay import CryptoPayError
 from handlers import register_handlers
+from outbox import Sender
 from payments import buy, poll_once
-from workers import Sender
 
 CLUBBOT = str(ROOT / "clubbot.py")
 
@@ -66,8 +66,7 @@ def test_stats_counts_members_revenue_pending_and_draws_payments(bot, app, teleg
     clock.advance(DAY)
     paid(app, cryptopay, user_id=502, plan="year")
     paid(app, cryptopay, user_id=503)
-    app.db.upsert_member(504, "x", "X", "en", app.now())
-    buy(app, 504, app.config.plan("month"), "month")  # left unpaid
+    pending_invoice(app, 504)  # left unpaid
     member_with_time(app, 505, days=3)
     command(bot, "/stats", user_id=ADMIN)
     text = last_text(telegram)
@@ -169,7 +168,7 @@ def test_broadcast_reaches_active_members_and_edits_one_progress_message(bot, ap
 def test_admins_hear_once_when_crypto_pay_refuses_the_token_and_once_when_it_is_back(app, cryptopay, telegram):
     app.db.upsert_member(ADMIN, "boss", "Boss", "en", app.now())
     member_with_time(app, 501)
-    buy(app, 501, app.config.plan("month"), "month")
+    pending_invoice(app, 501)
     cryptopay.token = "1234:ROTATED"
     for _ in range(3):
         with pytest.raises(CryptoPayError):
@@ -185,10 +184,8 @@ def test_admins_hear_once_when_crypto_pay_refuses_the_token_and_once_when_it_is_
     assert alerts[1] == "Crypto Pay accepts the app token again."
 
 
-def test_admins_hear_once_when_webhooks_stop_arriving(app, cryptopay, telegram, server, clock):
+def test_admins_hear_once_when_webhooks_stop_arriving(app, cryptopay, telegram, client, clock):
     import dataclasses
-
-    from conftest import paid_update, post_signed
 
     from payments import WEBHOOK_GRACE, WebhookWatch
 
@@ -196,19 +193,13 @@ def test_admins_hear_once_when_webhooks_stop_arriving(app, cryptopay, telegram, 
     watch = WebhookWatch()
     app.db.upsert_member(ADMIN, "boss", "Boss", "en", app.now())
     for user in (501, 502):
-        app.db.upsert_member(user, f"m{user}", "M", "en", app.now())
-        row = buy(app, user, app.config.plan("month"), "month").invoice
-        cryptopay.pay(row["invoice_id"])
+        paid_invoice(app, cryptopay, user)
     poll_once(app, watch)  # two payments found by polling, and no webhook after them: one alert
     clock.advance(WEBHOOK_GRACE)
     watch.check(app)
-    app.db.upsert_member(503, "m503", "M", "en", app.now())
-    row = buy(app, 503, app.config.plan("month"), "month").invoice
-    assert post_signed(server + "/webhook/cryptobot", paid_update(cryptopay.pay(row["invoice_id"]))).status_code == 200
+    assert client.post_signed("/webhook/cryptobot", paid_update(paid_invoice(app, cryptopay, 503))).status_code == 200
     clock.advance(1)
-    app.db.upsert_member(504, "m504", "M", "en", app.now())
-    row = buy(app, 504, app.config.plan("month"), "month").invoice
-    cryptopay.pay(row["invoice_id"])
+    paid_invoice(app, cryptopay, 504)
     poll_once(app, watch)  # webhooks had worked again in between: a new alert
     clock.advance(WEBHOOK_GRACE)
     watch.check(app)
@@ -242,9 +233,10 @@ def test_cli_grant_stats_revoke_and_export(tmp_path, env, app):
 def test_every_cli_command_has_help(tmp_path, env):
     from clubbot import COMMANDS
 
-    for name in COMMANDS:
-        code, out, _ = run_cli(env, tmp_path, name, "--help")
-        assert code == 0 and "usage:" in out, name
+    processes = {name: start_process([CLUBBOT, name, "--help"], env, tmp_path) for name in COMMANDS}  # at once
+    for name, process in processes.items():
+        out, _ = process.communicate(timeout=60)
+        assert process.returncode == 0 and "usage:" in out, name
 
 
 def test_backup_is_consistent_while_payments_are_being_written(tmp_path, env, app, cryptopay):

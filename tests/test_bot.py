@@ -1,15 +1,9 @@
 """The member's side in Telegram: hand-built updates through the real handlers and the fake Bot API."""
-import itertools
-import json
-
 import pytest
-from conftest import CLUB_CHAT, START
-from telebot import types
+from builders import ask_to_join, buttons, command, press
 
 from handlers import register_handlers
-from workers import Sender
-
-ids = itertools.count(1)
+from outbox import Sender
 
 
 @pytest.fixture
@@ -18,37 +12,8 @@ def bot(app):
     return app.bot
 
 
-def user(user_id=501, lang="en"):
-    return {"id": user_id, "is_bot": False, "first_name": "Member", "username": f"m{user_id}",
-            "language_code": lang}
-
-
-def command(bot, text, user_id=501, lang="en"):
-    message = {"message_id": next(ids), "date": START, "chat": {"id": user_id, "type": "private"},
-               "from": user(user_id, lang), "text": text}
-    if text.startswith("/"):
-        message["entities"] = [{"type": "bot_command", "offset": 0, "length": len(text.split()[0])}]
-    bot.process_new_updates([types.Update.de_json({"update_id": next(ids), "message": message})])
-
-
-def press(bot, data, user_id=501, lang="en"):
-    query = {"id": f"cb{next(ids)}", "from": user(user_id, lang), "chat_instance": "ci", "data": data,
-             "message": {"message_id": 1, "date": START, "chat": {"id": user_id, "type": "private"}, "text": "x"}}
-    bot.process_new_updates([types.Update.de_json({"update_id": next(ids), "callback_query": query})])
-
-
-def join_request(bot, user_id=501, chat_id=CLUB_CHAT, lang="en"):
-    request = {"chat": {"id": chat_id, "type": "supergroup", "title": "Club"}, "from": user(user_id, lang),
-               "user_chat_id": user_id, "date": START}
-    bot.process_new_updates([types.Update.de_json({"update_id": next(ids), "chat_join_request": request})])
-
-
 def last_message(telegram, chat_id=501) -> dict:
     return telegram.messages_to(chat_id)[-1]
-
-
-def buttons(message) -> list[dict]:
-    return [b for row in json.loads(message["reply_markup"])["inline_keyboard"] for b in row]
 
 
 def test_start_greets_and_offers_every_plan_as_a_button(bot, telegram):
@@ -142,7 +107,7 @@ def test_start_for_an_active_member_shows_the_status_renewal_and_the_way_in(bot,
 
 def test_a_join_request_without_membership_gets_the_plans_and_is_approved_on_payment(bot, telegram, app,
                                                                                       cryptopay):
-    join_request(bot)
+    ask_to_join(bot)
     Sender(app).run_once()
     offer = last_message(telegram)
     assert "To join" in offer["text"] and buttons(offer)[0]["callback_data"] == "plan:month"
@@ -158,13 +123,13 @@ def test_a_join_request_without_membership_gets_the_plans_and_is_approved_on_pay
 def test_a_join_request_from_an_active_member_is_approved(bot, telegram, app):
     press(bot, "plan:trial")
     Sender(app).run_once()
-    join_request(bot)
+    ask_to_join(bot)
     Sender(app).run_once()
     assert len(telegram.called("approveChatJoinRequest")) == 1
 
 
 def test_a_join_request_to_another_chat_is_left_alone(bot, telegram, app):
-    join_request(bot, chat_id=-100999)
+    ask_to_join(bot, chat_id=-100999)
     Sender(app).run_once()
     assert telegram.calls == [] or all(name != "approveChatJoinRequest" for name, _ in telegram.calls)
     assert app.db.waiting_join_chats(501) == []

@@ -15,11 +15,17 @@ def test_a_transaction_inside_another_fails_at_once_with_a_clear_error(app):
     assert app.db.connect().execute("SELECT value FROM state WHERE key = 'outer'").fetchone()[0] == "1"
 
 
-def test_every_kind_of_work_has_a_handler_and_every_handler_a_kind(app):
-    from kinds import Kind
-    from workers import Sender
+def test_every_kind_of_work_has_a_handler_and_every_handler_a_kind():
+    import inspect
 
-    assert set(Sender(app).kinds) == set(Kind)
+    from kinds import Kind
+    from outbox import KINDS, NEVER_GIVE_UP, ON_CLOSE
+
+    assert set(KINDS) == set(Kind)
+    assert all(type(kind) is Kind for kind in [*KINDS, *NEVER_GIVE_UP, *ON_CLOSE])
+    for kind, handler in [*KINDS.items(), *ON_CLOSE.items()]:
+        assert list(inspect.signature(handler).parameters)[0] == "ctx", kind
+        assert len(inspect.signature(handler).parameters) == 3, kind
 
 
 def test_a_misspelt_kind_is_refused_when_queued_and_nothing_is_written(app):

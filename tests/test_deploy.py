@@ -9,10 +9,10 @@ import subprocess
 import sys
 
 import pytest
-from conftest import PAY_TOKEN, ROOT, free_port, paid_update, wait_for_port
+from builders import paid_invoice, paid_update
+from conftest import PAY_TOKEN, ROOT, free_port, wait_for_port
 
 from cryptopay import signature
-from payments import buy
 from tg import LONG_POLL_SECONDS
 
 UNITS = ["clubbot.service", "clubbot-bot.service", "clubbot-webhook.service"]
@@ -133,9 +133,7 @@ def https(port: int, method: str, path: str, body: bytes | None = None, headers=
 
 @needs_nginx
 def test_a_signed_webhook_and_a_health_check_pass_through_nginx_over_https(app, cryptopay, nginx, caplog):
-    app.db.upsert_member(501, "m", "Member", "en", app.now())
-    row = buy(app, 501, app.config.plan("month"), "month").invoice
-    body = paid_update(cryptopay.pay(row["invoice_id"]))
+    body = paid_update(paid_invoice(app, cryptopay))
     with caplog.at_level(logging.INFO, logger="clubbot.http"):
         status, answer = https(nginx, "POST", "/webhook/cryptobot", body, {
             "Content-Type": "application/json", "crypto-pay-api-signature": signature(PAY_TOKEN, body)})

@@ -3,16 +3,16 @@ import csv
 import io
 
 import pytest
+from builders import command, member_with_time
 from conftest import ADMIN, START, start_process
 from test_admin import CLUBBOT, last_text, run_cli
-from test_bot import command
-from test_lifecycle import DAY, member_with_time
+from test_lifecycle import DAY
 
 import admin
 import texts
 from config import ConfigError
 from handlers import register_handlers
-from workers import Sender
+from outbox import Sender
 
 ABSURD = START + 3_000_000 * DAY  # what `grant 503 3000000d` used to commit
 

@@ -12,12 +12,14 @@ import uuid
 
 import pytest
 import requests
-from conftest import ROOT, START, paid_update, post_signed, start_process, wait_for
+from builders import message, paid_invoice, paid_update, pending_invoice
+from conftest import ROOT, START, post_signed, start_process, wait_for
 
 from cryptopay import CryptoPayError
+from outbox import Sender
 from payments import buy
 from updates import UpdatePoller
-from workers import Poller, Sender
+from workers import Poller
 
 CLUBBOT = str(ROOT / "clubbot.py")
 MONTH, YEAR = 30 * 86400, 365 * 86400
@@ -75,9 +77,9 @@ def test_kills_at_random_points_lose_nothing_and_apply_nothing_twice(tmp_path, e
                         break
                 except requests.RequestException:
                     pass
-                time.sleep(0.02)
+                time.sleep(0.02)  # CryptoBot's next try (a pace, not a wait for something)
             delivered.append(invoice_id)
-            time.sleep(0.003)
+            time.sleep(0.003)  # the stream's pace
         done.set()
 
     sender = threading.Thread(target=cryptobot, daemon=True)
@@ -86,7 +88,7 @@ def test_kills_at_random_points_lose_nothing_and_apply_nothing_twice(tmp_path, e
     sender.start()
     try:
         while not done.is_set():
-            time.sleep(rng.uniform(0.3, 1.2))
+            time.sleep(rng.uniform(0.3, 1.2))  # the point: a kill at a random moment of the stream
             if done.is_set():
                 break
             process.kill()
@@ -124,9 +126,7 @@ def test_kills_at_random_points_lose_nothing_and_apply_nothing_twice(tmp_path, e
 
 
 def test_crypto_pay_down_for_minutes_then_back(app, cryptopay, clock, monkeypatch):
-    app.db.upsert_member(501, "m", "M", "en", app.now())
-    row = buy(app, 501, app.config.plan("month"), "month").invoice
-    cryptopay.pay(row["invoice_id"])
+    paid_invoice(app, cryptopay)
     outage = (502, b"<html>502 Bad Gateway</html>")
     cryptopay.fail("getInvoices", *[outage] * 8)
     cryptopay.fail("createInvoice", outage)
@@ -155,9 +155,7 @@ def test_telegram_502_on_get_updates_is_waited_out(app, telegram):
 
     register_handlers(app.bot, app)
     telegram.fail("getUpdates", *[(502, b"bad gateway")] * 3)
-    telegram.push_update({"message": {"message_id": 1, "date": START, "chat": {"id": 501, "type": "private"},
-                                      "from": {"id": 501, "is_bot": False, "first_name": "M"}, "text": "/status",
-                                      "entities": [{"type": "bot_command", "offset": 0, "length": 7}]}})
+    telegram.push_update(message("/status"))
     app.stop.wait = lambda delay=None: app.stop.is_set()  # no real back-off sleeps in the test
     poller = UpdatePoller(app)
     thread = threading.Thread(target=poller.run, daemon=True)
@@ -210,8 +208,7 @@ def serve(app):
 
 def test_a_full_disk_answers_500_loses_nothing_and_recovers(small_disk, make_config, clock, cryptopay):
     app = disk_app(make_config, clock, small_disk)
-    app.db.upsert_member(501, "m", "M", "en", app.now())
-    row = buy(app, 501, app.config.plan("month"), "month").invoice
+    row = pending_invoice(app, 501)
     body = paid_update(cryptopay.pay(row["invoice_id"]))
     thread, url = serve(app)
     try:
@@ -303,10 +300,7 @@ def test_a_kill_after_a_grant_committed_and_before_its_update_was_confirmed_gran
     from conftest import ADMIN
 
     telegram.hang.add("sendMessage")  # the admin's "Done" is in flight when the kill comes
-    telegram.push_update({"message": {
-        "message_id": 41, "date": START, "chat": {"id": ADMIN, "type": "private"},
-        "from": {"id": ADMIN, "is_bot": False, "first_name": "Boss"}, "text": "/grant 501 30d",
-        "entities": [{"type": "bot_command", "offset": 0, "length": 6}]}})
+    telegram.push_update(message("/grant 501 30d", ADMIN))
     first = start_process([CLUBBOT, "bot"], env, tmp_path)
     conn = sqlite3.connect(app.db.path)
     try:

@@ -5,19 +5,18 @@ import signal
 import sqlite3
 import threading
 import time
-from wsgiref.util import setup_testing_defaults
-from wsgiref.validate import validator
 
 import pytest
-from conftest import FakeClock, start_process, wait_for
-from test_processes import CLUBBOT, health, stop, user_update
+from builders import message
+from conftest import FakeClock, InProcess, start_process, wait_for
+from test_processes import CLUBBOT, health, stop
 
 import clubbot
 from db import Database
 from health import KEY_PREFIX, SHARE_EVERY, SHARED_MARGIN, Heartbeats, silence_bounds
+from outbox import Sender
 from updates import HANDLER_SILENCE, HANDLER_THREADS
 from webhook_server import make_wsgi_app
-from workers import Sender
 
 WORKERS = ("sender", "poller", "sweeper", "updates")
 # The update poller's handler threads are watched too, in a running bot process.
@@ -27,13 +26,8 @@ OTHER_PID = 4242
 
 def get_health(app) -> tuple[int, dict]:
     """GET /health through the WSGI app, in process; the status code and the JSON body."""
-    environ = {"REQUEST_METHOD": "GET", "SCRIPT_NAME": "", "PATH_INFO": "/health", "QUERY_STRING": ""}
-    setup_testing_defaults(environ)
-    statuses = []
-    result = validator(make_wsgi_app(app))(environ, lambda status, headers, exc_info=None: statuses.append(status))
-    body = b"".join(result)
-    result.close()
-    return int(statuses[0].split()[0]), json.loads(body)
+    response = InProcess(make_wsgi_app(app)).get("/health")
+    return response.status_code, response.json()
 
 
 @pytest.fixture
@@ -126,6 +120,17 @@ def test_workers_that_ended_because_the_process_is_stopping_are_not_reported(bea
     assert get_health(beating)[0] == 200
 
 
+class Hurried(threading.Event):
+    """An event whose timed waits last `share` of what is asked: a loop's same rounds, sooner."""
+
+    def __init__(self, share: float):
+        super().__init__()
+        self.share = share
+
+    def wait(self, timeout=None):
+        return super().wait(None if timeout is None else timeout * self.share)
+
+
 def test_a_loop_that_raises_keeps_beating_but_a_thread_that_dies_is_reported(app, monkeypatch):
     calls = []
 
@@ -134,10 +139,11 @@ def test_a_loop_that_raises_keeps_beating_but_a_thread_that_dies_is_reported(app
         raise RuntimeError("a bug in one round")
 
     monkeypatch.setattr(Sender, "run_once", fail)
+    app.outbox_ready = Hurried(0.25)  # the sender waits 1 s between failed rounds: here 0.25 s
     thread = threading.Thread(target=Sender(app).run, name="sender", daemon=True)
     thread.start()
-    app.heartbeats.register("sender", 1.5, thread)  # the sender waits 1 s between failed rounds
-    wait_for(lambda: len(calls) >= 4, timeout=10)
+    app.heartbeats.register("sender", 0.75, thread)  # a round and half a second more
+    wait_for(lambda: len(calls) >= 7, timeout=10)  # 1.5 s
     assert thread.is_alive()
     assert get_health(app)[0] == 200  # well past the bound since it started: it kept beating
 
@@ -302,8 +308,8 @@ def test_every_worker_of_a_running_bot_process_keeps_beating(tmp_path, env, tele
         deadline = time.monotonic() + 30
         late = set(WORKERS)
         while late and time.monotonic() < deadline:
-            telegram.push_update(user_update("/status"))  # ends the update poller's long poll
-            time.sleep(1)
+            telegram.push_update(message("/status"))  # ends the update poller's long poll
+            time.sleep(1)  # a wait on the condition, paced: a beat is written at most every SHARE_EVERY s
             late = {name for name, row in rows(app).items() if row["at"] <= first[name]["at"]}
         assert late == set(), "no sign of life written again by: " + ", ".join(sorted(late))
         assert stop(process)[0] == 0

@@ -4,18 +4,17 @@ import resource
 import socket
 import time
 
-from conftest import ROOT, health_stays_quick, paid_update, post_signed
+from builders import paid_invoice, paid_update
+from conftest import ROOT, health_stays_quick, post_signed
 
 import webhook_server
-from payments import buy
 
 PARTIAL_REQUEST = b"POST /webhook/cryptobot HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{"
 
 
 def test_150_idle_and_slow_connections_leave_health_and_the_webhook_answering(app, cryptopay, server):
     """At waitress's default limit of 100 connections, the 101st waited for an idle one to time out."""
-    app.db.upsert_member(501, "m", "M", "en", app.now())
-    invoice = cryptopay.pay(buy(app, 501, app.config.plan("month"), "month").invoice["invoice_id"])
+    invoice = paid_invoice(app, cryptopay)
     host, port = server.removeprefix("http://").split(":")
     held: list[socket.socket] = []
     try:

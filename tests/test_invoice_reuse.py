@@ -1,7 +1,8 @@
 """An invoice is reused only while it buys exactly what the member is shown today."""
 import pytest
+from builders import buttons, press
 from conftest import START
-from test_bot import buttons, last_message, press
+from test_bot import last_message
 
 from handlers import register_handlers
 from payments import buy

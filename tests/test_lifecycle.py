@@ -2,16 +2,14 @@
 import json
 
 import pytest
+from builders import ask_to_join, buttons, command, member_with_time, paid, press
 from conftest import ADMIN, CLUB_CHAT, START
-from test_bot import buttons, command, join_request, press
 from test_sender import BAD_GATEWAY, FLOOD
 
-from cryptopay import parse_invoice
-from db import extend_subscription
 from handlers import register_handlers
-from payments import buy
+from outbox import Sender
 from runtime import build_app
-from workers import Sender, Sweeper
+from workers import Sweeper
 
 DAY = 86400
 SECOND_CHAT = -1001000000002
@@ -21,21 +19,6 @@ SECOND_CHAT = -1001000000002
 def bot(app):
     register_handlers(app.bot, app)
     return app.bot
-
-
-def member_with_time(app, user_id=501, days=30, lang="en"):
-    """A member who bought `days` of membership at the current time."""
-    app.db.upsert_member(user_id, f"m{user_id}", "Member", lang, app.now())
-    with app.db.transaction() as tx:
-        return extend_subscription(tx, user_id, days * DAY, app.now())
-
-
-def paid(app, cryptopay, user_id=501, plan="month"):
-    """The member buys `plan` and the webhook for it is applied."""
-    app.db.upsert_member(user_id, f"m{user_id}", "Member", "en", app.now())
-    row = buy(app, user_id, app.config.plan(plan), plan).invoice
-    return app.db.apply_invoice(parse_invoice(cryptopay.pay(row["invoice_id"])), "webhook", app.now(),
-                                app.config.admin_ids)
 
 
 def settle(app, rounds=5):
@@ -54,7 +37,7 @@ def texts_to(telegram, chat_id):
 # --- the gate ---
 
 def test_a_join_request_waits_a_day_for_payment_then_is_declined(bot, app, telegram, clock):
-    join_request(bot)
+    ask_to_join(bot)
     settle(app)
     assert telegram.called("declineChatJoinRequest") == []
     clock.advance(DAY - 60)
@@ -69,7 +52,7 @@ def test_a_join_request_waits_a_day_for_payment_then_is_declined(bot, app, teleg
 
 
 def test_a_request_from_a_non_member_is_approved_the_moment_they_pay(bot, app, telegram, cryptopay):
-    join_request(bot)
+    ask_to_join(bot)
     settle(app)
     assert telegram.called("approveChatJoinRequest") == []
     paid(app, cryptopay)
@@ -84,7 +67,7 @@ def test_a_passed_on_link_lets_no_one_in(bot, app, telegram):
     command(bot, "/link")
     settle(app)
     assert buttons(telegram.messages_to(501)[-1])[0]["url"].startswith("https://t.me/+fake")
-    join_request(bot, user_id=600)  # someone else uses the member's link
+    ask_to_join(bot, user_id=600)  # someone else uses the member's link
     settle(app)
     assert telegram.called("approveChatJoinRequest") == []
     assert "To join" in texts_to(telegram, 600)[-1]
@@ -290,7 +273,7 @@ def test_a_first_look_with_all_rights_alerts_no_one(app, telegram):
 def test_the_rights_a_group_and_a_channel_need():
     from types import SimpleNamespace
 
-    from workers import missing_rights
+    from access import missing_rights
 
     admin = SimpleNamespace(status="administrator", can_invite_users=True, can_restrict_members=False)
     assert missing_rights(admin, "supergroup") == ["right_ban"]
@@ -313,6 +296,7 @@ def test_the_alert_names_what_is_missing_in_the_admins_language(app, telegram):
     assert START
 
 
+@pytest.mark.slow  # ten thousand members through the sender: seconds of work even on virtual time
 def test_ten_thousand_expiries_against_telegrams_rate_limit_lose_nothing(make_config, clock):
     """10,000 members expire at once; Telegram allows 30 calls a second; ClubBot's budget is 25."""
     from fakes import RateLimitedBot

@@ -6,19 +6,8 @@ import time
 
 import pytest
 import requests
-from conftest import (
-    BOT_TOKEN,
-    PAY_TOKEN,
-    ROOT,
-    START,
-    paid_update,
-    post_signed,
-    start_process,
-    wait_for,
-    wait_for_port,
-)
-
-from payments import buy
+from builders import callback_query, message, paid_invoice, paid_update, pending_invoice
+from conftest import BOT_TOKEN, PAY_TOKEN, ROOT, post_signed, start_process, wait_for, wait_for_port
 
 CLUBBOT = str(ROOT / "clubbot.py")
 WEBHOOK_SERVER = str(ROOT / "webhook_server.py")
@@ -42,16 +31,6 @@ def subprocess_timeout():
     return subprocess.TimeoutExpired
 
 
-def user_update(text=None, data=None, user_id=501):
-    person = {"id": user_id, "is_bot": False, "first_name": "Member", "language_code": "en"}
-    if data is not None:
-        return {"callback_query": {"id": f"cb-{time.monotonic_ns()}", "from": person, "chat_instance": "ci",
-                                   "data": data}}
-    return {"message": {"message_id": 1, "date": START, "chat": {"id": user_id, "type": "private"},
-                        "from": person, "text": text,
-                        "entities": [{"type": "bot_command", "offset": 0, "length": len(text)}]}}
-
-
 def health(port):
     try:
         return requests.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200
@@ -64,10 +43,10 @@ def test_the_all_in_one_process_sells_a_subscription_end_to_end(tmp_path, env, t
     try:
         port = int(env["WEBHOOK_PORT"])
         wait_for(lambda: health(port), timeout=15)
-        telegram.push_update(user_update("/start"))
+        telegram.push_update(message("/start"))
         greeting = wait_for(lambda: telegram.messages_to(501))
         assert "Welcome" in greeting[0]["text"]
-        telegram.push_update(user_update(data="plan:month"))
+        telegram.push_update(callback_query("plan:month"))
         wait_for(lambda: cryptopay.called("createInvoice"))
         wait_for(lambda: len(telegram.messages_to(501)) == 2)
         invoice = cryptopay.pay(1001)
@@ -117,9 +96,7 @@ def test_the_split_setup_records_in_one_process_and_sends_from_the_other(tmp_pat
         port = int(env["WEBHOOK_PORT"])
         wait_for(lambda: health(port), timeout=15)
         wait_for(lambda: telegram.called("getUpdates"), timeout=15)
-        app.db.upsert_member(501, "m", "Member", "en", app.now())
-        row = buy(app, 501, app.config.plan("month"), "month").invoice
-        invoice = cryptopay.pay(row["invoice_id"])
+        invoice = paid_invoice(app, cryptopay)
         assert post_signed(f"http://127.0.0.1:{port}/webhook/cryptobot", paid_update(invoice)).status_code == 200
         wait_for(lambda: [m for m in telegram.messages_to(501) if "active until" in m["text"]], timeout=15)
         assert stop(server)[0] == 0
@@ -135,9 +112,7 @@ def test_twenty_threads_and_a_second_process_apply_one_payment_once(tmp_path, en
     try:
         port = int(env["WEBHOOK_PORT"])
         wait_for_port(port)
-        app.db.upsert_member(501, "m", "Member", "en", app.now())
-        row = buy(app, 501, app.config.plan("month"), "month").invoice
-        body = paid_update(cryptopay.pay(row["invoice_id"]))
+        body = paid_update(paid_invoice(app, cryptopay))
         targets = [f"{server}/webhook/cryptobot"] * 20 + [f"http://127.0.0.1:{port}/webhook/cryptobot"] * 20
         barrier = threading.Barrier(len(targets))
         statuses = []
@@ -166,9 +141,7 @@ def test_twenty_threads_and_a_second_process_apply_one_payment_once(tmp_path, en
 
 def test_a_message_committed_when_the_process_is_killed_is_sent_after_restart(tmp_path, env, telegram,
                                                                               cryptopay, app):
-    app.db.upsert_member(501, "m", "Member", "en", app.now())
-    row = buy(app, 501, app.config.plan("month"), "month").invoice
-    cryptopay.pay(row["invoice_id"])  # paid while ClubBot is down; no webhook ever comes
+    paid_invoice(app, cryptopay)  # paid while ClubBot is down; no webhook ever comes
     telegram.hang.add("sendMessage")
     first = start_process([CLUBBOT, "bot"], env, tmp_path)
     try:
@@ -185,7 +158,7 @@ def test_a_message_committed_when_the_process_is_killed_is_sent_after_restart(tm
     second = start_process([CLUBBOT, "bot"], env, tmp_path)
     try:
         wait_for(lambda: telegram.messages_to(501), timeout=15)
-        time.sleep(0.5)
+        wait_for(lambda: conn.execute("SELECT status FROM outbox WHERE kind = 'activated'").fetchall() == [("sent",)])
         assert stop(second)[0] == 0
     finally:
         if second.poll() is None:
@@ -197,14 +170,18 @@ def test_a_message_committed_when_the_process_is_killed_is_sent_after_restart(tm
 
 
 def test_a_handled_update_is_confirmed_and_not_handled_again_after_a_restart(tmp_path, env, telegram):
-    for _ in range(2):
+    for run in range(2):
         process = start_process([CLUBBOT, "bot"], env, tmp_path)
         try:
             wait_for(lambda: telegram.called("getUpdates"), timeout=15)
             if not telegram.messages_to(501):
-                telegram.push_update(user_update("/status"))
+                telegram.push_update(message("/status"))
                 wait_for(lambda: telegram.messages_to(501))
-            time.sleep(1)
+            # Rather than a pause: an update sent after it is answered and confirmed, so the one
+            # before was confirmed too, and after the restart would have been answered again by now.
+            later = telegram.push_update(message("/help", 600 + run))
+            wait_for(lambda chat=600 + run, later=later: telegram.messages_to(chat)
+                     and telegram.confirmed >= later["update_id"])
             assert stop(process)[0] == 0
         finally:
             if process.poll() is None:
@@ -240,8 +217,7 @@ def test_requests_in_flight_or_queued_at_sigterm_are_answered_before_exit(tmp_pa
     3 in its queue. Each still gets its answer, and its payment is applied."""
     bodies, uuids = [], []
     for user in range(501, 508):
-        app.db.upsert_member(user, f"m{user}", "Member", "en", app.now())
-        row = buy(app, user, app.config.plan("month"), "month").invoice
+        row = pending_invoice(app, user)
         uuids.append(row["payment_uuid"])
         bodies.append(paid_update(cryptopay.pay(row["invoice_id"])))
     server = start_process([WEBHOOK_SERVER], env, tmp_path)
@@ -255,9 +231,10 @@ def test_requests_in_flight_or_queued_at_sigterm_are_answered_before_exit(tmp_pa
             post_signed(f"http://127.0.0.1:{port}/webhook/cryptobot", body).status_code)) for body in bodies]
         for request in requests_:
             request.start()
-        time.sleep(0.5)  # 4 in waitress's threads, 3 in its queue
+        # Pauses that are the point, as nothing outside the process shows where a request is:
+        time.sleep(0.5)  # the requests arrive: 4 in waitress's threads, 3 in its queue
         server.send_signal(signal.SIGTERM)
-        time.sleep(0.3)
+        time.sleep(0.3)  # the stop begins while they still wait on the lock
         blocker.execute("COMMIT")
         for request in requests_:
             request.join(20)

@@ -3,10 +3,10 @@ import json
 import logging
 
 import pytest
+from builders import paid
 from conftest import ADMIN, CLUB_CHAT, START
 
-from payments import buy
-from workers import Sender
+from outbox import Sender
 
 FLOOD = (429, {"ok": False, "error_code": 429, "description": "Too Many Requests: retry after 1",
                "parameters": {"retry_after": 1}})
@@ -15,22 +15,12 @@ BLOCKED = (403, {"ok": False, "error_code": 403, "description": "Forbidden: bot 
 NO_REQUEST = (400, {"ok": False, "error_code": 400, "description": "Bad Request: HIDE_REQUESTER_MISSING"})
 
 
-def pay(app, cryptopay, user_id=501, lang="en"):
-    app.db.upsert_member(user_id, "member", "Member", lang, app.now())
-    row = buy(app, user_id, app.config.plan("month"), "month").invoice
-    invoice = app.cryptopay.get_invoices([row["invoice_id"]])[0]
-    paid = cryptopay.pay(invoice.invoice_id)
-    from cryptopay import parse_invoice
-
-    return app.db.apply_invoice(parse_invoice(paid), "webhook", app.now(), app.config.admin_ids)
-
-
 def markup(message: dict) -> dict:
     return json.loads(message["reply_markup"])
 
 
 def test_an_activation_brings_active_until_and_a_personal_link_that_asks_to_join(app, cryptopay, telegram):
-    pay(app, cryptopay)
+    paid(app, cryptopay)
     assert Sender(app).run_once() == 1
     [message] = telegram.messages_to(501)
     assert "active until 14 February 2027, 08:00 UTC (30 days left)" in message["text"]
@@ -43,7 +33,7 @@ def test_an_activation_brings_active_until_and_a_personal_link_that_asks_to_join
 
 
 def test_texts_follow_the_members_language(app, cryptopay, telegram):
-    pay(app, cryptopay, lang="ru")
+    paid(app, cryptopay, lang="ru")
     Sender(app).run_once()
     [message] = telegram.messages_to(501)
     assert "активна до 14 февраля 2027, 08:00 UTC (осталось 30 дней)" in message["text"]
@@ -52,7 +42,7 @@ def test_texts_follow_the_members_language(app, cryptopay, telegram):
 def test_a_waiting_join_request_is_approved_instead_of_a_link(app, cryptopay, telegram):
     app.db.upsert_member(501, "member", "Member", "en", app.now())
     app.db.record_join_request(CLUB_CHAT, 501, 501, app.now())
-    pay(app, cryptopay)
+    paid(app, cryptopay)
     Sender(app).run_once()
     [approval] = telegram.called("approveChatJoinRequest")
     assert (int(approval["chat_id"]), int(approval["user_id"])) == (CLUB_CHAT, 501)
@@ -66,14 +56,14 @@ def test_a_request_that_is_gone_falls_back_to_a_link(app, cryptopay, telegram):
     app.db.upsert_member(501, "member", "Member", "en", app.now())
     app.db.record_join_request(CLUB_CHAT, 501, 501, app.now())
     telegram.fail("approveChatJoinRequest", NO_REQUEST)
-    pay(app, cryptopay)
+    paid(app, cryptopay)
     Sender(app).run_once()
     [message] = telegram.messages_to(501)
     assert markup(message)["inline_keyboard"][0][0]["url"].startswith("https://t.me/+fake")
 
 
 def test_a_message_survives_429_then_502_and_arrives_once(app, cryptopay, telegram, clock, caplog):
-    pay(app, cryptopay)
+    paid(app, cryptopay)
     telegram.fail("sendMessage", FLOOD, BAD_GATEWAY)
     sender = Sender(app)
     with caplog.at_level(logging.WARNING):
@@ -94,7 +84,7 @@ def test_a_message_survives_429_then_502_and_arrives_once(app, cryptopay, telegr
 
 
 def test_a_member_who_blocked_the_bot_is_given_up_with_a_log_line(app, cryptopay, telegram, caplog):
-    pay(app, cryptopay)
+    paid(app, cryptopay)
     telegram.fail("sendMessage", BLOCKED)
     with caplog.at_level(logging.WARNING):
         Sender(app).run_once()
@@ -105,7 +95,7 @@ def test_a_member_who_blocked_the_bot_is_given_up_with_a_log_line(app, cryptopay
 
 
 def test_a_message_is_given_up_after_three_days_of_failures(app, cryptopay, telegram, clock):
-    pay(app, cryptopay)
+    paid(app, cryptopay)
     telegram.fail("sendMessage", *[BAD_GATEWAY] * 100)
     sender = Sender(app)
     for _ in range(80):
@@ -118,12 +108,7 @@ def test_a_message_is_given_up_after_three_days_of_failures(app, cryptopay, tele
 
 
 def test_admins_hear_of_a_mismatch(app, cryptopay, telegram):
-    app.db.upsert_member(501, "member", "Member", "en", app.now())
-    row = buy(app, 501, app.config.plan("month"), "month").invoice
-    from cryptopay import parse_invoice
-
-    app.db.apply_invoice(parse_invoice(cryptopay.pay(row["invoice_id"], amount="1")), "webhook", app.now(),
-                         app.config.admin_ids)
+    paid(app, cryptopay, amount="1")
     Sender(app).run_once()
     [alert] = telegram.messages_to(ADMIN)
     assert "asked 5 USDT, paid 1 USDT" in alert["text"] or "запрошено 5 USDT, оплачено 1 USDT" in alert["text"]
@@ -138,7 +123,7 @@ def test_the_sender_thread_delivers_at_once_when_woken(app, cryptopay, telegram)
 
     thread = threading.Thread(target=Sender(app).run, daemon=True)
     thread.start()
-    pay(app, cryptopay)
+    paid(app, cryptopay)
     app.wake_sender()
     wait_for(lambda: telegram.messages_to(501), timeout=5)
     app.stop.set()
@@ -150,7 +135,7 @@ def test_the_sender_thread_delivers_at_once_when_woken(app, cryptopay, telegram)
 def test_a_chat_without_an_invite_link_does_not_cost_the_member_the_message(app, cryptopay, telegram):
     refused = {"ok": False, "error_code": 400, "description": "Bad Request: not enough rights to manage invite links"}
     telegram.fail("createChatInviteLink", (400, refused))
-    pay(app, cryptopay)
+    paid(app, cryptopay)
     Sender(app).run_once()
     [message] = telegram.messages_to(501)
     assert "active until" in message["text"]

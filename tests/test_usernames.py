@@ -1,16 +1,12 @@
 """@username names exactly one member: the one last seen with it, or the admin is asked for the id."""
-import itertools
-
 import pytest
+from builders import feed, message, person
 from conftest import ADMIN, START
-from telebot import types
 from test_admin import last_text, run_cli
 from test_lifecycle import DAY
 
 from db import extend_subscription
 from handlers import register_handlers
-
-ids = itertools.count(1)
 
 
 @pytest.fixture
@@ -22,13 +18,7 @@ def bot(app):
 
 def say(bot, user_id: int, username: str | None, text: str = "/help") -> None:
     """A message from a Telegram account as it is named at this moment."""
-    person = {"id": user_id, "is_bot": False, "first_name": "Someone", "language_code": "en",
-              **({"username": username} if username else {})}
-    message = {"message_id": next(ids), "date": START, "chat": {"id": user_id, "type": "private"},
-               "from": person, "text": text}
-    if text.startswith("/"):
-        message["entities"] = [{"type": "bot_command", "offset": 0, "length": len(text.split()[0])}]
-    bot.process_new_updates([types.Update.de_json({"update_id": next(ids), "message": message})])
+    feed(bot, message(text, sender=person(user_id, first_name="Someone", username=username)))
 
 
 def give_time(app, user_id: int, days: int = 30) -> int:

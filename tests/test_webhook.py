@@ -1,18 +1,17 @@
-"""POST /webhook/cryptobot and GET /health, through a real waitress server on 127.0.0.1."""
+"""POST /webhook/cryptobot and GET /health: what the app decides, called in process (the `client`
+fixture), and through a real waitress server on 127.0.0.1 where HTTP itself matters (body limits,
+status lines, proxy headers, many connections at once)."""
 import json
 import logging
 import sqlite3
 import threading
 from decimal import Decimal
-from wsgiref.util import setup_testing_defaults
-from wsgiref.validate import validator
 
 import requests
-from conftest import ADMIN, PAY_TOKEN, START, paid_update, post_signed
+from builders import crypto_pay_update, paid_invoice, paid_update
+from conftest import ADMIN, PAY_TOKEN, START, post_signed
 
 from cryptopay import signature, signature_matches
-from payments import buy
-from webhook_server import make_wsgi_app
 
 SPEC_BODY = (b'{"update_id":1,"update_type":"invoice_paid","request_date":"2024-01-01T00:00:00.000Z",'
              b'"payload":{"invoice_id":42,"status":"paid","asset":"USDT","amount":"2.6"}}')
@@ -29,28 +28,21 @@ def test_it_signs_the_spec_test_vector():
     assert not signature_matches("1234:TESTTOKEN", SPEC_BODY, "é" * 64)
 
 
-def paid_invoice(app, cryptopay, plan_id="month", user_id=501) -> dict:
-    """A member buys a plan and pays it at the fake Crypto Pay; return the paid invoice object."""
-    app.db.upsert_member(user_id, "member", "Member", "en", app.now())
-    purchase = buy(app, user_id, app.config.plan(plan_id), plan_id)
-    return cryptopay.pay(purchase.invoice["invoice_id"])
-
-
 def counts(app) -> dict:
     conn = app.db.connect()
     return {table: conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
             for table in ("invoices", "subscriptions", "outbox", "audit", "members")}
 
 
-def test_it_applies_a_paid_invoice_once_and_answers_200(app, cryptopay, server):
+def test_it_applies_a_paid_invoice_once_and_answers_200(app, cryptopay, client):
     invoice = paid_invoice(app, cryptopay)
     body = paid_update(invoice)
-    first = post_signed(server + "/webhook/cryptobot", body)
+    first = client.post_signed("/webhook/cryptobot", body)
     assert first.status_code == 200 and first.json() == {"ok": True}
     sub = app.db.subscription(501)
     assert sub["expires_at"] == START + 30 * 86400
     before = counts(app)
-    again = post_signed(server + "/webhook/cryptobot", paid_update(invoice, update_id=2))
+    again = client.post_signed("/webhook/cryptobot", paid_update(invoice, update_id=2))
     assert again.status_code == 200
     assert counts(app) == before
     assert app.db.subscription(501)["expires_at"] == START + 30 * 86400
@@ -61,14 +53,14 @@ def test_it_applies_a_paid_invoice_once_and_answers_200(app, cryptopay, server):
     assert [r["kind"] for r in app.db.due_messages(app.now())] == ["activated"]
 
 
-def test_it_refuses_a_missing_or_wrong_signature_with_401_and_changes_nothing(app, cryptopay, server):
+def test_it_refuses_a_missing_or_wrong_signature_with_401_and_changes_nothing(app, cryptopay, client):
     invoice = paid_invoice(app, cryptopay)
     body = paid_update(invoice)
     before = counts(app)
-    missing = requests.post(server + "/webhook/cryptobot", data=body, timeout=10)
-    wrong = post_signed(server + "/webhook/cryptobot", body, token="1234:WRONGTOKEN")
-    tampered = requests.post(server + "/webhook/cryptobot", data=body.replace(b'"5"', b'"6"'), timeout=10,
-                             headers={"crypto-pay-api-signature": signature(PAY_TOKEN, body)})
+    missing = client.post("/webhook/cryptobot", body)
+    wrong = client.post_signed("/webhook/cryptobot", body, token="1234:WRONGTOKEN")
+    tampered = client.post("/webhook/cryptobot", body.replace(b'"5"', b'"6"'),
+                           headers={"crypto-pay-api-signature": signature(PAY_TOKEN, body)})
     for response in (missing, wrong, tampered):
         assert response.status_code == 401
         assert "error" in response.json()
@@ -97,12 +89,12 @@ def alerts(app) -> list:
     return app.db.connect().execute("SELECT * FROM outbox WHERE kind = 'admin_webhook_unusable'").fetchall()
 
 
-def test_a_signed_body_it_cannot_use_gets_200_not_400_and_is_kept_with_one_alert(app, cryptopay, server):
+def test_a_signed_body_it_cannot_use_gets_200_not_400_and_is_kept_with_one_alert(app, cryptopay, client):
     """A 4xx would have CryptoBot retry it for three days and then disable the webhook."""
     invoice = paid_invoice(app, cryptopay)
     before = counts(app)
     for body in UNUSABLE_BODIES:
-        response = post_signed(server + "/webhook/cryptobot", body)
+        response = client.post_signed("/webhook/cryptobot", body)
         assert response.status_code == 200, body
         assert response.json() == {"ok": True, "ignored": True}
     rows = unusable_rows(app)
@@ -118,30 +110,30 @@ def test_a_signed_body_it_cannot_use_gets_200_not_400_and_is_kept_with_one_alert
     assert [r["action"] for r in app.db.audit_rows()][-1] == "admin_webhook_unusable_bad"
 
 
-def test_a_new_unusable_webhook_alerts_again_only_after_one_was_used(app, cryptopay, server):
-    assert post_signed(server + "/webhook/cryptobot", b"not json").status_code == 200
-    assert post_signed(server + "/webhook/cryptobot", b"[]").status_code == 200
+def test_a_new_unusable_webhook_alerts_again_only_after_one_was_used(app, cryptopay, client):
+    assert client.post_signed("/webhook/cryptobot", b"not json").status_code == 200
+    assert client.post_signed("/webhook/cryptobot", b"[]").status_code == 200
     assert len(alerts(app)) == 1
     # One for an invoice that is not ours (as ping-webhook sends) does not count as used.
     stranger = {"invoice_id": 77, "status": "paid", "asset": "USDT", "amount": "5", "payload": "someone-else"}
-    assert post_signed(server + "/webhook/cryptobot", paid_update(stranger)).status_code == 200
-    assert post_signed(server + "/webhook/cryptobot", b"not json").status_code == 200
+    assert client.post_signed("/webhook/cryptobot", paid_update(stranger)).status_code == 200
+    assert client.post_signed("/webhook/cryptobot", b"not json").status_code == 200
     assert len(alerts(app)) == 1
-    assert post_signed(server + "/webhook/cryptobot", paid_update(paid_invoice(app, cryptopay))).status_code == 200
+    assert client.post_signed("/webhook/cryptobot", paid_update(paid_invoice(app, cryptopay))).status_code == 200
     assert app.db.subscription(501) is not None
-    assert post_signed(server + "/webhook/cryptobot", b"not json").status_code == 200
+    assert client.post_signed("/webhook/cryptobot", b"not json").status_code == 200
     assert len(alerts(app)) == 2
     assert len(unusable_rows(app)) == 4
 
 
-def test_an_unsigned_unusable_body_is_still_401_and_not_kept(app, server):
+def test_an_unsigned_unusable_body_is_still_401_and_not_kept(app, client):
     for body in UNUSABLE_BODIES[:3]:
-        assert requests.post(server + "/webhook/cryptobot", data=body, timeout=10).status_code == 401
-        assert post_signed(server + "/webhook/cryptobot", body, token="1234:WRONGTOKEN").status_code == 401
+        assert client.post("/webhook/cryptobot", body).status_code == 401
+        assert client.post_signed("/webhook/cryptobot", body, token="1234:WRONGTOKEN").status_code == 401
     assert unusable_rows(app) == [] and alerts(app) == []
 
 
-def test_an_unusable_webhook_is_500_while_the_database_is_locked(app, server, monkeypatch):
+def test_an_unusable_webhook_is_500_while_the_database_is_locked(app, client, monkeypatch):
     """Then CryptoBot retries, and the retry is kept."""
     import db as db_module
 
@@ -150,20 +142,20 @@ def test_an_unusable_webhook_is_500_while_the_database_is_locked(app, server, mo
     blocker = sqlite3.connect(app.db.path, isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")
     try:
-        assert post_signed(server + "/webhook/cryptobot", b"not json").status_code == 500
+        assert client.post_signed("/webhook/cryptobot", b"not json").status_code == 500
     finally:
         blocker.execute("ROLLBACK")
         blocker.close()
     assert unusable_rows(app) == []
-    assert post_signed(server + "/webhook/cryptobot", b"not json").status_code == 200
+    assert client.post_signed("/webhook/cryptobot", b"not json").status_code == 200
     assert len(unusable_rows(app)) == 1 and len(alerts(app)) == 1
 
 
-def test_admins_read_the_unusable_webhook_alert_in_their_language(app, telegram, server):
-    from workers import Sender
+def test_admins_read_the_unusable_webhook_alert_in_their_language(app, telegram, client):
+    from outbox import Sender
 
     app.db.upsert_member(ADMIN, "boss", "Boss", "ru", app.now())
-    assert post_signed(server + "/webhook/cryptobot", b"not json").status_code == 200
+    assert client.post_signed("/webhook/cryptobot", b"not json").status_code == 200
     while Sender(app).run_once():
         pass
     [message] = telegram.messages_to(ADMIN)
@@ -171,29 +163,27 @@ def test_admins_read_the_unusable_webhook_alert_in_their_language(app, telegram,
     assert message["text"].startswith("CryptoBot прислал webhook")
 
 
-def test_it_ignores_other_update_types_with_200(app, server):
-    body = json.dumps({"update_id": 3, "update_type": "check_activated", "payload": {"check_id": 1}}).encode()
-    response = post_signed(server + "/webhook/cryptobot", body)
+def test_it_ignores_other_update_types_with_200(app, client):
+    body = crypto_pay_update("check_activated", {"check_id": 1}, update_id=3)
+    response = client.post_signed("/webhook/cryptobot", body)
     assert response.status_code == 200
     assert counts(app)["audit"] == 0
 
 
-def test_it_answers_200_and_warns_about_an_invoice_it_never_created(app, server, caplog):
+def test_it_answers_200_and_warns_about_an_invoice_it_never_created(app, client, caplog):
     invoice = {"invoice_id": 77, "status": "paid", "asset": "USDT", "amount": "5", "payload": "someone-else"}
     with caplog.at_level(logging.WARNING, logger="clubbot.payments"):
-        response = post_signed(server + "/webhook/cryptobot", paid_update(invoice))
+        response = client.post_signed("/webhook/cryptobot", paid_update(invoice))
     assert response.status_code == 200
     assert "invoice 77 is not one this database created" in caplog.text
     assert counts(app)["subscriptions"] == 0
 
 
-def test_it_records_a_mismatch_alerts_admins_and_gives_no_access(app, cryptopay, server):
-    app.db.upsert_member(501, "member", "Member", "en", app.now())
-    purchase = buy(app, 501, app.config.plan("month"), "month")
-    for invoice in (cryptopay.pay(purchase.invoice["invoice_id"], amount="4.99"),):
-        response = post_signed(server + "/webhook/cryptobot", paid_update(invoice))
+def test_it_records_a_mismatch_alerts_admins_and_gives_no_access(app, cryptopay, client):
+    for invoice in (paid_invoice(app, cryptopay, amount="4.99"),):
+        response = client.post_signed("/webhook/cryptobot", paid_update(invoice))
         assert response.status_code == 200
-    again = post_signed(server + "/webhook/cryptobot", paid_update(invoice))
+    again = client.post_signed("/webhook/cryptobot", paid_update(invoice))
     assert again.status_code == 200
     assert app.db.subscription(501) is None
     assert app.db.invoice_by_uuid(invoice["payload"])["status"] == "mismatch"
@@ -202,22 +192,20 @@ def test_it_records_a_mismatch_alerts_admins_and_gives_no_access(app, cryptopay,
     assert [r["action"] for r in app.db.audit_rows(501)] == ["payment_mismatch"]
 
 
-def test_a_wrong_asset_is_a_mismatch_too(app, cryptopay, server):
-    app.db.upsert_member(501, "member", "Member", "en", app.now())
-    purchase = buy(app, 501, app.config.plan("month"), "month")
-    invoice = cryptopay.pay(purchase.invoice["invoice_id"], asset="TON")
-    assert post_signed(server + "/webhook/cryptobot", paid_update(invoice)).status_code == 200
+def test_a_wrong_asset_is_a_mismatch_too(app, cryptopay, client):
+    invoice = paid_invoice(app, cryptopay, asset="TON")
+    assert client.post_signed("/webhook/cryptobot", paid_update(invoice)).status_code == 200
     assert app.db.subscription(501) is None
 
 
-def test_it_finds_an_invoice_by_its_payload_when_the_id_was_never_saved(app, cryptopay, server):
+def test_it_finds_an_invoice_by_its_payload_when_the_id_was_never_saved(app, cryptopay, client):
     """The process stopped between createInvoice and saving the invoice id."""
     app.db.upsert_member(501, "member", "Member", "en", app.now())
     plan = app.config.plan("month")
     payment_uuid = app.db.start_invoice(501, plan.id, plan.duration, plan.amount, plan.currency, False,
                                         app.now(), 3600)
     invoice = {"invoice_id": 4242, "status": "paid", "asset": "USDT", "amount": "5.00", "payload": payment_uuid}
-    assert post_signed(server + "/webhook/cryptobot", paid_update(invoice)).status_code == 200
+    assert client.post_signed("/webhook/cryptobot", paid_update(invoice)).status_code == 200
     assert app.db.subscription(501)["expires_at"] == START + plan.duration
     assert app.db.invoice_by_uuid(payment_uuid)["invoice_id"] == 4242
 
@@ -244,9 +232,9 @@ def test_it_answers_500_while_the_database_is_locked_so_cryptobot_retries(app, c
     assert app.db.subscription(501) is not None
 
 
-def test_get_on_the_webhook_is_405_with_allow_post(server):
+def test_get_on_the_webhook_is_405_with_allow_post(client):
     for method in ("GET", "HEAD", "PUT"):
-        response = requests.request(method, server + "/webhook/cryptobot", timeout=10)
+        response = client.request(method, "/webhook/cryptobot")
         assert response.status_code == 405
         assert response.headers["Allow"] == "POST"
 
@@ -261,56 +249,43 @@ def test_a_post_to_health_is_405_with_allow_get_and_head_and_status_lines_are_th
     assert (big.status_code, big.reason) == (413, "Request Entity Too Large")
 
 
-def test_anything_else_is_404_in_json(server):
-    response = requests.get(server + "/webhook", timeout=10)
+def test_anything_else_is_404_in_json(client):
+    response = client.get("/webhook")
     assert response.status_code == 404
     assert response.json() == {"error": "not found"}
 
 
-def test_health_is_200_when_the_database_answers(server):
-    response = requests.get(server + "/health", timeout=10)
+def test_health_is_200_when_the_database_answers(client):
+    response = client.get("/health")
     assert response.status_code == 200
     body = response.json()
     assert body["status"] == "healthy" and isinstance(body["timestamp"], int)
-    head = requests.head(server + "/health", timeout=10)
+    head = client.request("HEAD", "/health")
     assert head.status_code == 200 and head.content == b""
 
 
-def test_health_is_503_when_the_database_does_not_answer(app, server):
+def test_health_is_503_when_the_database_does_not_answer(app, client):
     from db import Database
 
     app.db = Database(app.db.path.parent / "missing-folder" / "x.db")  # cannot be opened
-    response = requests.get(server + "/health", timeout=10)
+    response = client.get("/health")
     assert response.status_code == 503
     body = response.json()
     assert body["status"] == "unhealthy" and body["error"]
 
 
-def test_the_app_is_valid_wsgi(app, cryptopay):
+def test_the_app_is_valid_wsgi(app, cryptopay, client):
+    """The `client` fixture calls the app under wsgiref's validator: each kind of answer once."""
     invoice = paid_invoice(app, cryptopay)
     body = paid_update(invoice)
-    wsgi = validator(make_wsgi_app(app))
     for method, path, data, headers, expected in (
         ("GET", "/health", b"", {}, "200 OK"),
-        ("POST", "/webhook/cryptobot", body, {"HTTP_CRYPTO_PAY_API_SIGNATURE": signature(PAY_TOKEN, body)}, "200 OK"),
+        ("POST", "/webhook/cryptobot", body, {"crypto-pay-api-signature": signature(PAY_TOKEN, body)}, "200 OK"),
         ("POST", "/webhook/cryptobot", body, {}, "401 Unauthorized"),
         ("GET", "/nowhere", b"", {}, "404 Not Found"),
     ):
-        import io
-
-        environ = {"REQUEST_METHOD": method, "SCRIPT_NAME": "", "PATH_INFO": path, "QUERY_STRING": "",
-                   "CONTENT_LENGTH": str(len(data)),
-                   "wsgi.input": io.BytesIO(data), **headers}
-        setup_testing_defaults(environ)
-        statuses: list[str] = []
-
-        def start_response(status, headers, exc_info=None, seen=statuses):
-            seen.append(status)
-
-        result = wsgi(environ, start_response)
-        b"".join(result)
-        result.close()
-        assert statuses == [expected]
+        response = client.request(method, path, data, headers=headers)
+        assert f"{response.status_code} {response.reason}" == expected
     assert app.db.subscription(501)["expires_at"] == START + 30 * 86400
 
 
@@ -324,13 +299,13 @@ def test_it_logs_the_client_address_behind_the_trusted_proxy(app, cryptopay, ser
     assert "webhook received from 203.0.113.7" in caplog.text
 
 
-def test_it_never_logs_a_whole_signature(app, cryptopay, server, caplog):
+def test_it_never_logs_a_whole_signature(app, cryptopay, client, caplog):
     invoice = paid_invoice(app, cryptopay)
     body = paid_update(invoice)
     bad = signature("1234:WRONGTOKEN", body)
     with caplog.at_level(logging.DEBUG):
-        requests.post(server + "/webhook/cryptobot", data=body, timeout=10,
-                      headers={"crypto-pay-api-signature": bad})
+        client.post("/webhook/cryptobot", body,
+                    headers={"crypto-pay-api-signature": bad})
     assert bad[:8] in caplog.text
     assert bad not in caplog.text
 
@@ -357,10 +332,10 @@ def test_many_threads_delivering_the_same_invoice_apply_it_once(app, cryptopay, 
     assert Decimal(app.db.invoice_by_uuid(invoice["payload"])["amount"]) == Decimal("5")
 
 
-def test_a_signed_body_nested_too_deep_is_kept_without_parsing_it(app, server):
+def test_a_signed_body_nested_too_deep_is_kept_without_parsing_it(app, client):
     deep = b'{"update_type":"invoice_paid","payload":' + b"[" * 40 + b'"[{not brackets}]"' + b"]" * 40 + b"}"
     shallow = b"[" * 30 + b"]" * 30
     for body in (deep, shallow, b"[" * 60000):
-        assert post_signed(server + "/webhook/cryptobot", body).status_code == 200
+        assert client.post_signed("/webhook/cryptobot", body).status_code == 200
     assert [r["error"] for r in unusable_rows(app)] == [
         "body is nested deeper than 32", "body is not a Crypto Pay update", "body is nested deeper than 32"]

@@ -1,34 +1,27 @@
 """A member's whole year, black box: `python clubbot.py` against the fake Telegram and Crypto Pay,
 with months a few seconds long: buy, pay, join, reminder, early renewal, expiry, removal, return."""
-import json
 import signal
 import time
 
 import pytest
-from conftest import CLUB_CHAT, ROOT, START, paid_update, post_signed, start_process, wait_for
+from builders import buttons, callback_query, join_request, message, paid_update, person
+from conftest import CLUB_CHAT, ROOT, post_signed, start_process, wait_for
 
 MONTH = 8  # seconds
 MEMBER = 501
-
-
-def person():
-    return {"id": MEMBER, "is_bot": False, "first_name": "Anna", "username": "anna", "language_code": "ru"}
+ANNA = person(MEMBER, "ru", first_name="Anna", username="anna")
 
 
 def says(telegram, text: str) -> None:
-    telegram.push_update({"message": {"message_id": 1, "date": START, "chat": {"id": MEMBER, "type": "private"},
-                                      "from": person(), "text": text,
-                                      "entities": [{"type": "bot_command", "offset": 0, "length": len(text)}]}})
+    telegram.push_update(message(text, sender=ANNA))
 
 
 def presses(telegram, data: str) -> None:
-    telegram.push_update({"callback_query": {"id": f"q{time.monotonic_ns()}", "from": person(),
-                                             "chat_instance": "c", "data": data}})
+    telegram.push_update(callback_query(data, sender=ANNA))
 
 
 def asks_to_join(telegram) -> None:
-    telegram.push_update({"chat_join_request": {"chat": {"id": CLUB_CHAT, "type": "supergroup", "title": "Club"},
-                                                "from": person(), "user_chat_id": MEMBER, "date": START}})
+    telegram.push_update(join_request(sender=ANNA))
 
 
 def new_message(telegram, seen: int, containing: str, timeout: float = 20) -> dict:
@@ -36,10 +29,6 @@ def new_message(telegram, seen: int, containing: str, timeout: float = 20) -> di
         fresh = telegram.messages_to(MEMBER)[seen:]
         return next((m for m in fresh if containing in m["text"]), None)
     return wait_for(found, timeout=timeout, step=0.05)
-
-
-def buttons(message) -> list[dict]:
-    return [b for row in json.loads(message["reply_markup"])["inline_keyboard"] for b in row]
 
 
 def pays(telegram, cryptopay, port: int) -> None:
