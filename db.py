@@ -3,7 +3,8 @@
 One connection per thread. Writes go through `Database.transaction()`: a
 process-wide lock (sqlite's busy handler sleeps instead of waking when the
 lock frees) around `BEGIN IMMEDIATE`; `busy_timeout` covers the other process
-of the split setup. Reads need no lock (WAL).
+of the split setup. Reads need no lock (WAL). Payments go through
+`Database.grouped()`: the payments that arrive together commit together.
 """
 from __future__ import annotations
 
@@ -11,14 +12,15 @@ import json
 import re
 import sqlite3
 import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from cryptopay import Invoice
 from files import create_private_file, make_private_folders
@@ -36,6 +38,25 @@ PRIORITY_NOW = 0  # activations, approvals: a member is waiting
 PRIORITY_NORMAL = 5  # alerts, reminders, removals
 PRIORITY_BULK = 9  # broadcasts
 
+# The alert states that any webhook of ours, arriving, shows to be over (payments.note_webhook,
+# payments.note_unusable_webhook): set back to ok in the transaction that records the arrival.
+WEBHOOK_STATES = ("webhook", "webhook_unusable")
+_WEBHOOKS_WORK = "UPDATE state SET value = 'ok' WHERE key IN (?, ?) AND value = 'bad'"
+
+T = TypeVar("T")
+
+
+class _Job:
+    """A piece of write work waiting for the next group commit (Database.grouped)."""
+
+    __slots__ = ("work", "done", "result", "error")
+
+    def __init__(self, work: Callable[[sqlite3.Connection], Any]):
+        self.work = work
+        self.done = False
+        self.result: Any = None
+        self.error: BaseException | None = None
+
 
 def load_migrations(text: str) -> list[tuple[int, str]]:
     """Split schema.sql into (version, sql) sections."""
@@ -52,6 +73,10 @@ class Database:
         self.path = Path(path)
         self._local = threading.local()
         self.write_lock = threading.Lock()
+        self._queue: list[_Job] = []  # work for the next group commit
+        self._queue_lock = threading.Lock()
+        self._arrival_noted: int | None = None  # the second a duplicate webhook's arrival was last written
+        self._alerts_cleared: int | None = None  # the second a webhook last set WEBHOOK_STATES back to ok
 
     # --- connections and transactions ---
 
@@ -97,6 +122,78 @@ class Database:
                 raise
         finally:
             self.write_lock.release()
+
+    def grouped(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `work(tx)` in a write transaction, together with the work other threads queue
+        meanwhile (group commit): whichever thread takes the write lock runs everything queued,
+        each piece in its own savepoint (one that raises is rolled back alone and its caller
+        gets the exception), and commits once. It returns only after that commit, so an answer
+        never runs ahead of the disk; a crash before it commits none of them. `work` runs on
+        whichever thread commits: it must use only the connection it is given."""
+        if self.connect().in_transaction:
+            raise RuntimeError("grouped() was called inside a transaction on the same thread")
+        job = _Job(work)
+        with self._queue_lock:
+            self._queue.append(job)
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        while not job.done:
+            if self.write_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                try:
+                    if not job.done:
+                        self._commit_queued()
+                finally:
+                    self.write_lock.release()
+                continue
+            with self._queue_lock:
+                if job in self._queue:  # no one took it: give up, as transaction() does
+                    self._queue.remove(job)
+                    raise sqlite3.OperationalError("database is locked (this process's writers are queued)")
+            # Taken by the commit under way: its end is the answer.
+            self.write_lock.acquire()
+            self.write_lock.release()
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    def _commit_queued(self) -> None:
+        """Run and commit the queued work; the caller holds the write lock. Work is run without
+        savepoints (two statements fewer each); if a piece raises, the whole is rolled back and
+        each piece is run again in a transaction of its own, so only that one fails."""
+        with self._queue_lock:
+            jobs, self._queue = self._queue, []
+        try:
+            if len(jobs) > 1:
+                try:
+                    self._run_jobs(jobs)
+                    return
+                except Exception:
+                    pass  # one of them failed, rolled back whole: each alone now
+            for job in jobs:
+                try:
+                    self._run_jobs([job])
+                except Exception as exc:
+                    job.error, job.result = exc, None
+        except BaseException as exc:  # interrupted: nothing of theirs was committed
+            lost = sqlite3.OperationalError("the committing thread was interrupted; nothing was written")
+            for job in jobs:
+                job.error, job.result = lost, None
+            raise exc
+        finally:
+            for job in jobs:
+                job.done = True
+
+    def _run_jobs(self, jobs: list[_Job]) -> None:
+        conn = self.connect()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            results = [job.work(conn) for job in jobs]
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        for job, result in zip(jobs, results, strict=True):
+            job.result = result
 
     def migrate(self) -> int:
         """Create the folder and apply pending migrations; return the schema version."""
@@ -239,54 +336,93 @@ class Database:
                     _audit(tx, now, row["user_id"], "invoice_expired", cause, invoice_id)
         return changed
 
-    def apply_invoice(self, paid: Invoice, cause: str, now: int, admin_ids: frozenset[int]) -> ApplyResult:
+    def apply_invoice(self, paid: Invoice, cause: str, now: int | Callable[[], int],
+                      admin_ids: frozenset[int]) -> ApplyResult:
         """Apply a paid invoice exactly once: the step to paid, the member's new expiry,
-        the audit record and the messages to send, in one transaction."""
+        the audit record and the messages to send, in one transaction (shared with the
+        payments arriving at the same moment: grouped()). `now` may be the clock itself,
+        read under the write lock, so that the order of paid_at is the order of commits."""
         if paid.status != "paid":
             raise ValueError(f"invoice {paid.invoice_id} is {paid.status}, not paid: nothing to apply")
+        clock = now if callable(now) else (lambda: now)
+        # Read before the write lock: paid and mismatch are final, so a delivery again is known
+        # here, and for a new payment the write checks that the row is still as read.
+        seen = self.connect().execute("SELECT * FROM invoices WHERE invoice_id = ?", (paid.invoice_id,)).fetchone()
+        if seen is not None and seen["status"] in ("paid", "mismatch"):
+            if cause == "webhook":
+                self._webhook_again(seen["id"], clock())
+            return ApplyResult(Outcome.DUPLICATE, user_id=seen["user_id"])
+        return self.grouped(lambda tx: self._apply(tx, paid, cause, clock(), admin_ids, seen))
+
+    def _webhook_again(self, row_id: int, now: int) -> None:
+        """A webhook delivered again: its arrival is what the poller's watch asks about
+        (webhook_seen_since: did any come after a payment it applied?). Written once a second
+        at most, which answers that question to the second, however many retries arrive."""
+        if self._arrival_noted == now:
+            return
         with self.transaction() as tx:
+            tx.execute("UPDATE invoices SET webhook_at = ? WHERE id = ?", (now, row_id))
+            self._clear_webhook_alerts(tx, now)
+        self._arrival_noted = now
+
+    def _clear_webhook_alerts(self, tx: sqlite3.Connection, now: int) -> None:
+        """An invoice of ours came by webhook: CryptoBot delivers, and we can read it. Once a
+        second is enough: an alert state is a condition, not a count."""
+        if self._alerts_cleared != now:
+            tx.execute(_WEBHOOKS_WORK, WEBHOOK_STATES)
+            self._alerts_cleared = now
+
+    def _apply(self, tx: sqlite3.Connection, paid: Invoice, cause: str, now: int,
+               admin_ids: frozenset[int], seen: sqlite3.Row | None = None) -> ApplyResult:
+        """apply_invoice's transaction. `seen`: the invoice's row as read before the write lock,
+        used if it is still as read (the update below checks), and read again if not."""
+        row = seen
+        if row is None:
             row = tx.execute("SELECT * FROM invoices WHERE invoice_id = ?", (paid.invoice_id,)).fetchone()
-            if row is None and paid.payload:
-                # Created at Crypto Pay, but the process stopped before it saved the id.
-                row = tx.execute("SELECT * FROM invoices WHERE payment_uuid = ? AND invoice_id IS NULL",
-                                 (paid.payload,)).fetchone()
-            if row is None:
-                return ApplyResult(Outcome.NOT_OURS)
-            if row["status"] in ("paid", "mismatch"):
-                if cause == "webhook":
-                    # Its latest arrival, whoever applied the payment: the poller's watch asks whether
-                    # any webhook came after a payment it applied (a duplicate counts).
-                    tx.execute("UPDATE invoices SET webhook_at = ? WHERE id = ?", (now, row["id"]))
-                return ApplyResult(Outcome.DUPLICATE, user_id=row["user_id"], expires_at=_expiry(tx, row["user_id"]))
-            user_id = row["user_id"]
-            asked = (row["currency_type"], row["currency"], Decimal(row["invoice_amount"] or row["amount"]))
-            got = (paid.currency_type, paid.currency, paid.amount)
-            payload_ok = paid.payload is None or paid.payload == row["payment_uuid"]
-            detail = {
-                "payment_uuid": row["payment_uuid"], "plan": row["plan_id"],
-                "asked": f"{row['amount']} {row['currency']}",
-                "paid": f"{paid.amount} {paid.currency}",
-                "paid_asset": paid.paid_asset, "paid_amount": paid.paid_amount,
-            }
-            if asked != got or not payload_ok:
-                _set_invoice_outcome(tx, row["id"], "mismatch", paid, now, cause)
-                _audit(tx, now, user_id, "payment_mismatch", cause, paid.invoice_id, detail)
-                for admin_id in sorted(admin_ids):
-                    enqueue(tx, Kind.ADMIN_MISMATCH, admin_id, {**detail, "user_id": user_id,
-                            "invoice_id": paid.invoice_id}, now, PRIORITY_NORMAL,
-                            dedupe_key=f"mismatch:{row['payment_uuid']}:{admin_id}")
-                enqueue(tx, Kind.PAYMENT_MISMATCH, user_id, detail, now, PRIORITY_NOW,
-                        dedupe_key=f"mismatch:{row['payment_uuid']}")
-                return ApplyResult(Outcome.MISMATCH, user_id=user_id)
-            _set_invoice_outcome(tx, row["id"], "paid", paid, now, cause)
-            new_expiry = extend_subscription(tx, user_id, row["duration"], now)
-            _audit(tx, now, user_id, "payment_applied", cause, paid.invoice_id,
-                   {**detail, "expires_at": new_expiry})
-            # No dedupe key: the invoice's step to paid above already happens once.
-            enqueue(tx, Kind.ACTIVATED, user_id,
-                    {"payment_uuid": row["payment_uuid"], "plan": row["plan_id"], "expires_at": new_expiry},
-                    now, PRIORITY_NOW)
-            return ApplyResult(Outcome.APPLIED, user_id=user_id, expires_at=new_expiry)
+        if row is None and paid.payload:
+            # Created at Crypto Pay, but the process stopped before it saved the id.
+            row = tx.execute("SELECT * FROM invoices WHERE payment_uuid = ? AND invoice_id IS NULL",
+                             (paid.payload,)).fetchone()
+        if row is None:
+            return ApplyResult(Outcome.NOT_OURS)
+        if cause == "webhook":
+            self._clear_webhook_alerts(tx, now)
+        if row["status"] in ("paid", "mismatch"):  # applied since the look before the lock
+            if cause == "webhook":
+                tx.execute("UPDATE invoices SET webhook_at = ? WHERE id = ?", (now, row["id"]))
+            return ApplyResult(Outcome.DUPLICATE, user_id=row["user_id"])
+        user_id = row["user_id"]
+        asked = (row["currency_type"], row["currency"], Decimal(row["invoice_amount"] or row["amount"]))
+        got = (paid.currency_type, paid.currency, paid.amount)
+        payload_ok = paid.payload is None or paid.payload == row["payment_uuid"]
+        outcome = "paid" if asked == got and payload_ok else "mismatch"
+        if not _set_invoice_outcome(tx, row, outcome, paid, now, cause):
+            if seen is None:  # read in this same transaction: cannot happen
+                raise RuntimeError(f"invoice row {row['id']} changed under a write transaction")
+            return self._apply(tx, paid, cause, now, admin_ids)  # changed since the look: again, as it is now
+        detail = {
+            "payment_uuid": row["payment_uuid"], "plan": row["plan_id"],
+            "asked": f"{row['amount']} {row['currency']}",
+            "paid": f"{paid.amount} {paid.currency}",
+            "paid_asset": paid.paid_asset, "paid_amount": paid.paid_amount,
+        }
+        if outcome == "mismatch":
+            _audit(tx, now, user_id, "payment_mismatch", cause, paid.invoice_id, detail)
+            for admin_id in sorted(admin_ids):
+                enqueue(tx, Kind.ADMIN_MISMATCH, admin_id, {**detail, "user_id": user_id,
+                        "invoice_id": paid.invoice_id}, now, PRIORITY_NORMAL,
+                        dedupe_key=f"mismatch:{row['payment_uuid']}:{admin_id}")
+            enqueue(tx, Kind.PAYMENT_MISMATCH, user_id, detail, now, PRIORITY_NOW,
+                    dedupe_key=f"mismatch:{row['payment_uuid']}")
+            return ApplyResult(Outcome.MISMATCH, user_id=user_id)
+        new_expiry = extend_subscription(tx, user_id, row["duration"], now)
+        _audit(tx, now, user_id, "payment_applied", cause, paid.invoice_id,
+               {**detail, "expires_at": new_expiry})
+        # No dedupe key: the invoice's step to paid above already happens once.
+        enqueue(tx, Kind.ACTIVATED, user_id,
+                {"payment_uuid": row["payment_uuid"], "plan": row["plan_id"], "expires_at": new_expiry},
+                now, PRIORITY_NOW)
+        return ApplyResult(Outcome.APPLIED, user_id=user_id, expires_at=new_expiry)
 
     def claim_trial(self, user_id: int, plan_id: str, duration: int, now: int) -> int | None:
         """Start a free plan, once per member ever; the new expiry, or None if already used."""
@@ -870,28 +1006,33 @@ def extend_subscription(tx: sqlite3.Connection, user_id: int, duration: int, now
     ).fetchone()[0]
 
 
-def _assets_column(fiat: bool, accepted_assets: tuple[str, ...]) -> str | None:
-    """invoices.accepted_assets: what a fiat invoice may be paid in ('' = any); NULL for crypto."""
-    return ",".join(accepted_assets) if fiat else None
-
-
 def _expiry(tx: sqlite3.Connection, user_id: int) -> int | None:
     row = tx.execute("SELECT expires_at FROM subscriptions WHERE user_id = ?", (user_id,)).fetchone()
     return row[0] if row else None
 
 
-def _set_invoice_outcome(tx: sqlite3.Connection, row_id: int, status: str, paid: Invoice,
-                         now: int, cause: str) -> None:
+def _assets_column(fiat: bool, accepted_assets: tuple[str, ...]) -> str | None:
+    """invoices.accepted_assets: what a fiat invoice may be paid in ('' = any); NULL for crypto."""
+    return ",".join(accepted_assets) if fiat else None
+
+
+def _set_invoice_outcome(tx: sqlite3.Connection, row: sqlite3.Row, status: str, paid: Invoice,
+                         now: int, cause: str) -> bool:
+    """Step the invoice to paid or mismatch, if it is still as `row` shows it; False if not."""
+    # invoice_id is set only where it is missing (found by payload): naming an indexed column in
+    # SET rewrites its index entry even when the value stays, one more page per payment.
+    sets = "" if row["invoice_id"] is not None else "invoice_id = :invoice_id, "
     cursor = tx.execute(
-        """UPDATE invoices SET status = ?, invoice_id = ?, paid_at = ?, paid_asset = ?, paid_amount = ?,
-                               applied_by = ?, webhook_at = coalesce(?, webhook_at)
-           WHERE id = ? AND status IN ('creating', 'pending', 'expired', 'failed')""",
+        f"""UPDATE invoices SET {sets}status = :status, paid_at = :now, paid_asset = :asset,
+                   paid_amount = :amount, applied_by = :cause, webhook_at = coalesce(:arrived, webhook_at)
+            WHERE id = :id AND status = :was AND invoice_amount IS :invoice_amount
+              AND status IN ('creating', 'pending', 'expired', 'failed')""",
         # A webhook's arrival is recorded in the same statement (the poller's watch reads it).
-        (status, paid.invoice_id, now, paid.paid_asset, paid.paid_amount, cause,
-         now if cause == "webhook" else None, row_id),
+        {"invoice_id": paid.invoice_id, "status": status, "now": now, "asset": paid.paid_asset,
+         "amount": paid.paid_amount, "cause": cause, "arrived": now if cause == "webhook" else None,
+         "id": row["id"], "was": row["status"], "invoice_amount": row["invoice_amount"]},
     )
-    if cursor.rowcount != 1:  # the SELECT above ran in this same transaction: cannot happen
-        raise RuntimeError(f"invoice row {row_id} changed under a write transaction")
+    return cursor.rowcount == 1
 
 
 def _audit(tx: sqlite3.Connection, now: int, user_id: int | None, action: str, cause: str,

@@ -114,9 +114,11 @@ def buy(app: App, user_id: int, plan: Plan, plan_title: str) -> Purchase:
         app.wake_sender()
         return Purchase(trial_expires_at=expires_at)
     if app.bot_username is None and app.bot is not None:
+        from tg import Stopping, learn_bot  # here: the webhook server, a user of this module, needs no telebot
+
         try:  # for the invoice's return button; getMe failed at start
-            app.bot_username = app.bot.get_me().username
-        except Exception:
+            learn_bot(app)
+        except (Exception, Stopping):
             log.warning("getMe failed; the invoice gets no button back to the bot")
     accepted_assets = app.config.accepted_assets
     reusable = app.db.reusable_invoice(user_id, plan.id, plan.duration, plan.amount, plan.currency,
@@ -238,13 +240,15 @@ def poll_once(app: App, watch: WebhookWatch | None = None) -> int:
 
 
 def log_applied(outcome: Outcome, invoice_id: int, cause: str, user_id: int | None,
-                expires_at: int | None) -> None:
+                expires_at: int | None, arrival: str = "", to: logging.Logger = log) -> None:
+    """One line for what a payment did; `arrival` (the webhook's own part) begins the same line."""
     if outcome is Outcome.APPLIED:
-        log.info("payment processed: invoice %s by %s; subscription activated: member %s until %s",
-                 invoice_id, cause, user_id, expires_at)
+        to.info("%spayment processed: invoice %s by %s; subscription activated: member %s until %s",
+                arrival, invoice_id, cause, user_id, expires_at)
     elif outcome is Outcome.DUPLICATE:
-        log.info("payment already applied: invoice %s (%s)", invoice_id, cause)
+        to.info("%spayment already applied: invoice %s (%s)", arrival, invoice_id, cause)
     elif outcome is Outcome.MISMATCH:
-        log.warning("payment mismatch: invoice %s of member %s (%s); no access given", invoice_id, user_id, cause)
+        to.warning("%spayment mismatch: invoice %s of member %s (%s); no access given", arrival, invoice_id,
+                   user_id, cause)
     elif outcome is Outcome.NOT_OURS:
-        log.warning("invoice %s is not one this database created (%s); ignored", invoice_id, cause)
+        to.warning("%sinvoice %s is not one this database created (%s); ignored", arrival, invoice_id, cause)

@@ -35,6 +35,8 @@ class RedactingFormatter(logging.Formatter):
 
     def __init__(self, secrets: tuple[str, ...], fmt: str = LOG_FORMAT):
         super().__init__(fmt)
+        self._plain = fmt == LOG_FORMAT  # then format() builds the line itself, cheaply
+        self._stamp: tuple[int, str] = (-1, "")  # the last second formatted, and its text
         parts: set[str] = set()
         for secret in secrets:
             if secret:
@@ -45,9 +47,27 @@ class RedactingFormatter(logging.Formatter):
         self._secrets = sorted(parts, key=len, reverse=True)
 
     def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
+        text = self._format_plain(record) if self._plain else super().format(record)
         for secret in self._secrets:
             text = text.replace(secret, "***")
+        return text
+
+
+    def _format_plain(self, record: logging.LogRecord) -> str:
+        """LOG_FORMAT, as logging.Formatter would write it, with the date and time formatted
+        once a second rather than once a line (the webhook writes a line per request)."""
+        record.message = record.getMessage()
+        second = int(record.created)
+        stamp = self._stamp
+        if stamp[0] != second:
+            stamp = self._stamp = (second, time.strftime(self.default_time_format, self.converter(second)))
+        text = f"{stamp[1]},{int(record.msecs):03d} {record.levelname} {record.name}: {record.message}"
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            text = f"{text}\n{record.exc_text}"
+        if record.stack_info:
+            text = f"{text}\n{self.formatStack(record.stack_info)}"
         return text
 
 

@@ -21,7 +21,7 @@ import waitress
 from config import WEBHOOK_PATH
 from cryptopay import parse_invoice, signature_matches
 from db import Outcome
-from payments import log_applied, note_unusable_webhook, note_webhook
+from payments import log_applied, note_unusable_webhook
 from runtime import App
 
 log = logging.getLogger("clubbot.http")
@@ -42,15 +42,17 @@ BACKLOG = 1024  # connections the kernel holds while every slot is taken
 MAX_NESTING = 32  # JSON nesting a webhook may have (a Crypto Pay update has 3)
 _STRUCTURE = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')  # strings (skipped whole) and brackets
 HEALTH_PATH = "/health"
+OK = json.dumps({"ok": True}).encode()  # the answer to every webhook taken, made once
+_STATUS_LINES = {status.value: f"{status.value} {status.phrase}" for status in HTTPStatus}
 
 StartResponse = Callable[..., object]
 
 
-def _respond(start_response: StartResponse, status: int, body: dict, head: bool = False,
+def _respond(start_response: StartResponse, status: int, body: dict | bytes, head: bool = False,
              headers: Iterable[tuple[str, str]] = ()) -> list[bytes]:
-    data = json.dumps(body).encode("utf-8")
-    start_response(f"{status} {HTTPStatus(status).phrase}", [("Content-Type", "application/json"),
-                                                             ("Content-Length", str(len(data))), *headers])
+    data = body if isinstance(body, bytes) else json.dumps(body).encode("utf-8")
+    start_response(_STATUS_LINES[status], [("Content-Type", "application/json"),
+                                           ("Content-Length", str(len(data))), *headers])
     return [] if head else [data]
 
 
@@ -95,15 +97,39 @@ def _valid_update(update: object) -> bool:
             and isinstance(update.get("payload"), dict))
 
 
-def make_wsgi_app(app: App) -> Callable:
-    token = app.config.crypto_pay_token
+class WebhookApp:
+    """The WSGI application: a route table from path to (methods, handler)."""
 
-    def health(environ: dict, start_response: StartResponse) -> list[bytes]:
+    def __init__(self, app: App):
+        self.app = app
+        self.token = app.config.crypto_pay_token
+        self.routes: dict[str, tuple[tuple[str, ...], Callable[[dict, StartResponse], list[bytes]]]] = {
+            HEALTH_PATH: (("GET", "HEAD"), self.health),
+            WEBHOOK_PATH: (("POST",), self.webhook),
+        }
+
+    def __call__(self, environ: dict, start_response: StartResponse) -> list[bytes]:
+        path = environ.get("PATH_INFO") or "/"
+        method = environ.get("REQUEST_METHOD", "GET")
+        head = method == "HEAD"
+        try:
+            if path not in self.routes:
+                return _error(start_response, 404, "not found", head=head)
+            methods, handler = self.routes[path]
+            if method not in methods:  # HEAD on the webhook shows the route is there (curl -I)
+                return _error(start_response, 405, f"use {methods[0]}", head=head,
+                              headers=[("Allow", ", ".join(methods))])
+            return handler(environ, start_response)
+        except Exception:
+            log.exception("%s %s failed", method, path)
+            return _error(start_response, 500, "internal error")
+
+    def health(self, environ: dict, start_response: StartResponse) -> list[bytes]:
         head = environ["REQUEST_METHOD"] == "HEAD"
         now = int(time.time())
         try:
             # One small read: the beats other processes wrote, which also shows the database answers.
-            problems = app.heartbeats.problems(app.db, stopping=app.stop.is_set())
+            problems = self.app.heartbeats.problems(self.app.db, stopping=self.app.stop.is_set())
         except sqlite3.Error as exc:
             problems = [f"database: {exc}"]
         if problems:
@@ -113,7 +139,9 @@ def make_wsgi_app(app: App) -> Callable:
                                                   "error": error}, head=head)
         return _respond(start_response, 200, {"status": "healthy", "timestamp": now}, head=head)
 
-    def webhook(environ: dict, start_response: StartResponse) -> list[bytes]:
+    def webhook(self, environ: dict, start_response: StartResponse) -> list[bytes]:
+        """Size and signature first, over the raw bytes; only then is the body read as JSON.
+        Each webhook is one log line: its arrival, its signature check, and what became of it."""
         client = environ.get("REMOTE_ADDR", "?")
         given = environ.get("HTTP_CRYPTO_PAY_API_SIGNATURE")
         size = environ.get("CONTENT_LENGTH") or "?"
@@ -122,88 +150,71 @@ def make_wsgi_app(app: App) -> Callable:
         except ValueError:
             log.warning("webhook received from %s: bad Content-Length", client)
             return _error(start_response, 400, "bad Content-Length")
-        # One line for the arrival and its signature check.
         if not given:
             log.warning("webhook received from %s (%s bytes): signature missing", client, size)
             return _error(start_response, 401, "missing crypto-pay-api-signature")
         if body is None:
             log.warning("webhook received from %s (%s bytes): body over %d bytes", client, size, MAX_BODY)
             return _error(start_response, 413, f"body over {MAX_BODY} bytes")
-        if not signature_matches(token, body, given):
+        if not signature_matches(self.token, body, given):
             log.warning("webhook received from %s (%s bytes): signature check failed (got %.8s...)",
                         client, size, given)
             return _error(start_response, 401, "bad signature")
-        log.info("webhook received from %s (%s bytes): signature check passed", client, size)
+        return self.signed(start_response, body, f"webhook received from {client} ({size} bytes): "
+                                                 "signature check passed; ")
+
+    def signed(self, start_response: StartResponse, body: bytes, arrival: str) -> list[bytes]:
+        """A body CryptoBot signed: apply the payment it reports. `arrival` begins its log line."""
         if _nested_too_deep(body):
-            return unusable(start_response, body, f"body is nested deeper than {MAX_NESTING}")
+            return self.unusable(start_response, body, f"body is nested deeper than {MAX_NESTING}", arrival)
         try:
             update = json.loads(body)
         except (ValueError, RecursionError):
-            return unusable(start_response, body, "body is not JSON")
+            return self.unusable(start_response, body, "body is not JSON", arrival)
         if not _valid_update(update):
-            return unusable(start_response, body, "body is not a Crypto Pay update")
+            return self.unusable(start_response, body, "body is not a Crypto Pay update", arrival)
         if update["update_type"] != "invoice_paid":
-            log.info("webhook: update_type %.40s ignored", update["update_type"])
+            log.info("%supdate_type %.40s ignored", arrival, update["update_type"])
             return _respond(start_response, 200, {"ok": True, "ignored": True})
         try:
             invoice = parse_invoice(update["payload"])
         except ValueError as exc:
-            return unusable(start_response, body, f"bad invoice: {exc}")
+            return self.unusable(start_response, body, f"bad invoice: {exc}", arrival)
         if invoice.status != "paid":
-            log.warning("webhook: invoice_paid for invoice %s with status %s ignored",
-                        invoice.invoice_id, invoice.status)
+            log.warning("%sinvoice_paid for invoice %s with status %s ignored", arrival, invoice.invoice_id,
+                        invoice.status)
             return _respond(start_response, 200, {"ok": True, "ignored": True})
+        app = self.app
         try:
-            result = app.db.apply_invoice(invoice, "webhook", app.now(), app.config.admin_ids)
+            # The clock itself: read under the write lock, so paid_at follows the commit order.
+            # An invoice of ours, even a duplicate, also clears the "webhooks are not arriving"
+            # and "unusable webhook" alerts (payments.note_webhook) as it is recorded.
+            result = app.db.apply_invoice(invoice, "webhook", app.now, app.config.admin_ids)
         except sqlite3.OperationalError as exc:
-            log.error("webhook: invoice %s not applied, the database failed: %s", invoice.invoice_id, exc)
+            log.error("%sinvoice %s not applied, the database failed: %s", arrival, invoice.invoice_id, exc)
             return _error(start_response, 500, "database unavailable, retry later")
-        log_applied(result.outcome, invoice.invoice_id, "webhook", result.user_id, result.expires_at)
-        if result.outcome is not Outcome.NOT_OURS:
-            # One for an invoice of ours came (even a duplicate): CryptoBot delivers and we can read
-            # it. An update for an invoice not ours proves neither (ping-webhook sends one).
-            try:
-                note_webhook(app, True, invoice.invoice_id)
-                note_unusable_webhook(app, True)
-            except sqlite3.Error as exc:  # the payment is done; the next webhook records this
-                log.warning("webhook: could not record that webhooks work: %s", exc)
+        log_applied(result.outcome, invoice.invoice_id, "webhook", result.user_id, result.expires_at, arrival,
+                    to=log)
         if result.outcome in (Outcome.APPLIED, Outcome.MISMATCH):
             app.wake_sender()
-        return _respond(start_response, 200, {"ok": True})
+        return _respond(start_response, 200, OK)
 
-    def unusable(start_response: StartResponse, body: bytes, error: str) -> list[bytes]:
+    def unusable(self, start_response: StartResponse, body: bytes, error: str, arrival: str) -> list[bytes]:
         """A correctly signed body comes from CryptoBot, which retries a 4xx for days and then
         disables the webhook: keep it for the owner, tell the admins once, answer 200."""
         try:
-            record_id = app.db.record_unusable_webhook(body, error, app.now())
-            note_unusable_webhook(app, False, error, record_id)
+            record_id = self.app.db.record_unusable_webhook(body, error, self.app.now())
+            note_unusable_webhook(self.app, False, error, record_id)
         except sqlite3.OperationalError as exc:
-            log.error("webhook: an unusable update (%s) was not recorded, the database failed: %s", error, exc)
+            log.error("%san unusable update (%s) was not recorded, the database failed: %s", arrival, error, exc)
             return _error(start_response, 500, "database unavailable, retry later")
-        log.error("webhook: a correctly signed update cannot be used (%s); kept as unusable_webhooks record %s "
-                  "and answered 200", error, record_id)
+        log.error("%sa correctly signed update cannot be used (%s); kept as unusable_webhooks record %s "
+                  "and answered 200", arrival, error, record_id)
         return _respond(start_response, 200, {"ok": True, "ignored": True})
 
-    # Path -> (the methods it takes, its handler).
-    routes = {HEALTH_PATH: (("GET", "HEAD"), health), WEBHOOK_PATH: (("POST",), webhook)}
 
-    def application(environ: dict, start_response: StartResponse) -> list[bytes]:
-        path = environ.get("PATH_INFO") or "/"
-        method = environ.get("REQUEST_METHOD", "GET")
-        head = method == "HEAD"
-        try:
-            if path not in routes:
-                return _error(start_response, 404, "not found", head=head)
-            methods, handler = routes[path]
-            if method not in methods:  # HEAD on the webhook shows the route is there (curl -I)
-                return _error(start_response, 405, f"use {methods[0]}", head=head,
-                              headers=[("Allow", ", ".join(methods))])
-            return handler(environ, start_response)
-        except Exception:
-            log.exception("%s %s failed", method, path)
-            return _error(start_response, 500, "internal error")
-
-    return application
+def make_wsgi_app(app: App) -> WebhookApp:
+    return WebhookApp(app)
 
 
 def connection_limit() -> int:

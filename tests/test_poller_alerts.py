@@ -3,10 +3,12 @@ that do not arrive. On the injected clock, against the fake Crypto Pay."""
 import json
 
 import pytest
-from conftest import START, paid_update, post_signed
+from builders import paid_update, pending_invoice
+from conftest import START
 
-from payments import FORGET_AFTER, WEBHOOK_GRACE, WebhookWatch, buy, check, poll_once
-from workers import Poller, Sender
+from outbox import Sender
+from payments import FORGET_AFTER, WEBHOOK_GRACE, WebhookWatch, check, poll_once
+from workers import Poller
 
 ADMINS = (9000, 9001)
 MONTH = 30 * 86400
@@ -19,13 +21,8 @@ def webhook_url() -> str:
 
 @pytest.fixture
 def app(make_app, webhook_url):
-    """conftest's app, with two admins and WEBHOOK_URL (the server fixture uses this one too)."""
+    """conftest's app, with two admins and WEBHOOK_URL (the client fixture uses this one too)."""
     return make_app(ADMIN_IDS=",".join(map(str, ADMINS)), WEBHOOK_URL=webhook_url)
-
-
-def pending_invoice(app, user_id: int, plan: str = "month"):
-    app.db.upsert_member(user_id, f"m{user_id}", "M", "en", app.now())
-    return buy(app, user_id, app.config.plan(plan), plan).invoice
 
 
 def spoil(cryptopay, number: int, **fields) -> None:
@@ -131,10 +128,18 @@ def test_a_webhook_records_its_arrival_whether_it_applies_the_payment_or_repeats
         return app.db.invoice_by_uuid(row["payment_uuid"])["webhook_at"]
 
     assert (arrived(by_webhook), arrived(by_poller)) == (START, None)
+    assert not app.db.webhook_seen_since(START + 1)
     clock.advance(50)
-    for row in (by_webhook, by_poller):  # duplicates, each
+    # Deliveries again: the first of a second is written, and answers the watch's question
+    # (did any webhook come since?) for that whole second; the rest of it write nothing.
+    for row in (by_poller, by_webhook, by_poller):
         app.db.apply_invoice(paid[row["payment_uuid"]], "webhook", app.now(), app.config.admin_ids)
-    assert (arrived(by_webhook), arrived(by_poller)) == (START + 50, START + 50)
+    assert (arrived(by_webhook), arrived(by_poller)) == (START, START + 50)
+    assert app.db.webhook_seen_since(START + 50) and not app.db.webhook_seen_since(START + 51)
+    clock.advance(1)
+    app.db.apply_invoice(paid[by_webhook["payment_uuid"]], "webhook", app.now(), app.config.admin_ids)
+    assert (arrived(by_webhook), arrived(by_poller)) == (START + 51, START + 50)
+    assert app.db.webhook_seen_since(START + 51)
 
 
 def test_poller_payments_with_no_webhook_within_the_grace_alert_each_admin_once(app, cryptopay, clock):
@@ -158,12 +163,12 @@ def test_poller_payments_with_no_webhook_within_the_grace_alert_each_admin_once(
     assert watch.applied == {}
 
 
-def test_a_webhook_that_comes_late_but_within_the_grace_means_no_alert(app, cryptopay, clock, server):
+def test_a_webhook_that_comes_late_but_within_the_grace_means_no_alert(app, cryptopay, clock, client):
     watch = WebhookWatch()
     [row] = poller_pays(app, cryptopay, watch, 501)
     clock.advance(WEBHOOK_GRACE - 30)
     invoice = cryptopay.invoices[row["invoice_id"]]
-    assert post_signed(server + "/webhook/cryptobot", paid_update(invoice)).status_code == 200
+    assert client.post_signed("/webhook/cryptobot", paid_update(invoice)).status_code == 200
     assert app.db.invoice_by_uuid(row["payment_uuid"])["webhook_at"] == clock.now()  # a duplicate, recorded
     clock.advance(WEBHOOK_GRACE)
     watch.check(app)
@@ -171,30 +176,30 @@ def test_a_webhook_that_comes_late_but_within_the_grace_means_no_alert(app, cryp
 
 
 @pytest.mark.parametrize("duplicate", [False, True], ids=["new payment", "duplicate of an old one"])
-def test_a_webhook_for_another_payment_after_the_poller_applied_one_means_no_alert(app, cryptopay, clock, server,
+def test_a_webhook_for_another_payment_after_the_poller_applied_one_means_no_alert(app, cryptopay, clock, client,
                                                                                     duplicate):
     other = pending_invoice(app, 502)
     body = paid_update(cryptopay.pay(other["invoice_id"]))
     if duplicate:  # applied by its webhook long ago; CryptoBot delivers it again
-        assert post_signed(server + "/webhook/cryptobot", body).status_code == 200
+        assert client.post_signed("/webhook/cryptobot", body).status_code == 200
         clock.advance(3600)
     watch = WebhookWatch()
     poller_pays(app, cryptopay, watch, 501)
     clock.advance(10)
-    assert post_signed(server + "/webhook/cryptobot", body).status_code == 200
+    assert client.post_signed("/webhook/cryptobot", body).status_code == 200
     clock.advance(WEBHOOK_GRACE)
     watch.check(app)
     assert alerts(app, None) == []
 
 
-def test_after_an_alert_a_working_webhook_then_a_poller_only_payment_alerts_again(app, cryptopay, clock, server):
+def test_after_an_alert_a_working_webhook_then_a_poller_only_payment_alerts_again(app, cryptopay, clock, client):
     watch = WebhookWatch()
     poller_pays(app, cryptopay, watch, 501)
     clock.advance(WEBHOOK_GRACE)
     watch.check(app)
     assert len(alerts(app, None)) == len(ADMINS)
     row = pending_invoice(app, 502)
-    assert post_signed(server + "/webhook/cryptobot", paid_update(cryptopay.pay(row["invoice_id"]))).status_code == 200
+    assert client.post_signed("/webhook/cryptobot", paid_update(cryptopay.pay(row["invoice_id"]))).status_code == 200
     clock.advance(1)
     poller_pays(app, cryptopay, watch, 503)
     clock.advance(WEBHOOK_GRACE)
