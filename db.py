@@ -3,8 +3,7 @@
 One connection per thread. Writes go through `Database.transaction()`: a
 process-wide lock (sqlite's busy handler sleeps instead of waking when the
 lock frees) around `BEGIN IMMEDIATE`; `busy_timeout` covers the other process
-of the split setup. Reads need no lock (WAL). Payments go through
-`Database.grouped()`: the payments that arrive together commit together.
+of the split setup. Reads need no lock (WAL).
 """
 from __future__ import annotations
 
@@ -12,7 +11,6 @@ import json
 import re
 import sqlite3
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,7 +18,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from enum import Enum
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from cryptopay import Invoice
 from files import create_private_file, make_private_folders
@@ -43,21 +41,6 @@ PRIORITY_BULK = 9  # broadcasts
 WEBHOOK_STATES = ("webhook", "webhook_unusable")
 _WEBHOOKS_WORK = "UPDATE state SET value = 'ok' WHERE key IN (?, ?) AND value = 'bad'"
 
-T = TypeVar("T")
-
-
-class _Job:
-    """A piece of write work waiting for the next group commit (Database.grouped)."""
-
-    __slots__ = ("work", "done", "result", "error")
-
-    def __init__(self, work: Callable[[sqlite3.Connection], Any]):
-        self.work = work
-        self.done = False
-        self.result: Any = None
-        self.error: BaseException | None = None
-
-
 def load_migrations(text: str) -> list[tuple[int, str]]:
     """Split schema.sql into (version, sql) sections."""
     parts = re.split(r"^-- version: (\d+)\s*$", text, flags=re.MULTILINE)
@@ -73,8 +56,6 @@ class Database:
         self.path = Path(path)
         self._local = threading.local()
         self.write_lock = threading.Lock()
-        self._queue: list[_Job] = []  # work for the next group commit
-        self._queue_lock = threading.Lock()
         self._arrival_noted: int | None = None  # the second a duplicate webhook's arrival was last written
         self._alerts_cleared: int | None = None  # the second a webhook last set WEBHOOK_STATES back to ok
 
@@ -122,78 +103,6 @@ class Database:
                 raise
         finally:
             self.write_lock.release()
-
-    def grouped(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `work(tx)` in a write transaction, together with the work other threads queue
-        meanwhile (group commit): whichever thread takes the write lock runs everything queued,
-        each piece in its own savepoint (one that raises is rolled back alone and its caller
-        gets the exception), and commits once. It returns only after that commit, so an answer
-        never runs ahead of the disk; a crash before it commits none of them. `work` runs on
-        whichever thread commits: it must use only the connection it is given."""
-        if self.connect().in_transaction:
-            raise RuntimeError("grouped() was called inside a transaction on the same thread")
-        job = _Job(work)
-        with self._queue_lock:
-            self._queue.append(job)
-        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
-        while not job.done:
-            if self.write_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
-                try:
-                    if not job.done:
-                        self._commit_queued()
-                finally:
-                    self.write_lock.release()
-                continue
-            with self._queue_lock:
-                if job in self._queue:  # no one took it: give up, as transaction() does
-                    self._queue.remove(job)
-                    raise sqlite3.OperationalError("database is locked (this process's writers are queued)")
-            # Taken by the commit under way: its end is the answer.
-            self.write_lock.acquire()
-            self.write_lock.release()
-        if job.error is not None:
-            raise job.error
-        return job.result
-
-    def _commit_queued(self) -> None:
-        """Run and commit the queued work; the caller holds the write lock. Work is run without
-        savepoints (two statements fewer each); if a piece raises, the whole is rolled back and
-        each piece is run again in a transaction of its own, so only that one fails."""
-        with self._queue_lock:
-            jobs, self._queue = self._queue, []
-        try:
-            if len(jobs) > 1:
-                try:
-                    self._run_jobs(jobs)
-                    return
-                except Exception:
-                    pass  # one of them failed, rolled back whole: each alone now
-            for job in jobs:
-                try:
-                    self._run_jobs([job])
-                except Exception as exc:
-                    job.error, job.result = exc, None
-        except BaseException as exc:  # interrupted: nothing of theirs was committed
-            lost = sqlite3.OperationalError("the committing thread was interrupted; nothing was written")
-            for job in jobs:
-                job.error, job.result = lost, None
-            raise exc
-        finally:
-            for job in jobs:
-                job.done = True
-
-    def _run_jobs(self, jobs: list[_Job]) -> None:
-        conn = self.connect()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            results = [job.work(conn) for job in jobs]
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        for job, result in zip(jobs, results, strict=True):
-            job.result = result
 
     def migrate(self) -> int:
         """Create the folder and apply pending migrations; return the schema version."""
@@ -339,9 +248,9 @@ class Database:
     def apply_invoice(self, paid: Invoice, cause: str, now: int | Callable[[], int],
                       admin_ids: frozenset[int]) -> ApplyResult:
         """Apply a paid invoice exactly once: the step to paid, the member's new expiry,
-        the audit record and the messages to send, in one transaction (shared with the
-        payments arriving at the same moment: grouped()). `now` may be the clock itself,
-        read under the write lock, so that the order of paid_at is the order of commits."""
+        the audit record and the messages to send, in one transaction. `now` may be the
+        clock itself, read under the write lock, so that the order of paid_at is the order
+        of commits."""
         if paid.status != "paid":
             raise ValueError(f"invoice {paid.invoice_id} is {paid.status}, not paid: nothing to apply")
         clock = now if callable(now) else (lambda: now)
@@ -352,7 +261,8 @@ class Database:
             if cause == "webhook":
                 self._webhook_again(seen["id"], clock())
             return ApplyResult(Outcome.DUPLICATE, user_id=seen["user_id"])
-        return self.grouped(lambda tx: self._apply(tx, paid, cause, clock(), admin_ids, seen))
+        with self.transaction() as tx:
+            return self._apply(tx, paid, cause, clock(), admin_ids, seen)
 
     def _webhook_again(self, row_id: int, now: int) -> None:
         """A webhook delivered again: its arrival is what the poller's watch asks about
