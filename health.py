@@ -114,8 +114,14 @@ class Heartbeats:
         self._share_lock = threading.Lock()
 
     def share(self, db: Database) -> None:
-        """From now on, also write the registered workers' beats to `db` (the bot processes)."""
+        """From now on, also write the registered workers' beats to `db` (the bot processes).
+        Workers registered before (threads that start their own, like the update handlers)
+        are written at once, not a SHARE_EVERY later."""
         self._db = db
+        now = self._monotonic()
+        for name, worker in list(self._workers.items()):
+            if worker.bound is not None and worker.shared_value is None:
+                self._share(name, worker, now)
 
     def register(self, name: str, bound: float, thread: threading.Thread | None = None) -> None:
         """Watch a worker: reported when `thread` has ended or no beat came for `bound` seconds.

@@ -177,6 +177,17 @@ def test_a_bot_process_writes_its_beats_at_most_every_ten_seconds(app, ticks):
     assert rows(app)["sender"]["at"] == 1_000_000 + SHARE_EVERY
 
 
+def test_workers_registered_before_sharing_began_are_written_when_it_begins(app, ticks):
+    """The update handlers register themselves from their own thread, which may be before the
+    process starts sharing: their rows must not wait SHARE_EVERY for the next beat."""
+    other = Heartbeats(monotonic=ticks.monotonic, wall=ticks.monotonic, pid=OTHER_PID)
+    other.register("handler-1", HANDLER_SILENCE)
+    other.beat("handler-1")
+    assert rows(app) == {}
+    other.share(Database(app.db.path))
+    assert rows(app) == {"handler-1": {"at": 1_000_000, "bound": HANDLER_SILENCE, "pid": OTHER_PID}}
+
+
 def test_the_webhook_server_reports_a_bot_process_whose_beats_grew_old(app, ticks):
     other = bot_process(app.db.path, ticks)
     bounds = silence_bounds(app.config)
