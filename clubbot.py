@@ -185,6 +185,7 @@ def cmd_check(config: Config, args: argparse.Namespace) -> int:
     """Config, both APIs, the bot's rights in each club chat, and the URL to paste into @CryptoBot."""
     import texts
     from access import missing_rights
+    from payments import poll_every
     from tg import classify, make_bot, migrated_to
 
     problems: list[str] = []
@@ -230,10 +231,12 @@ def cmd_check(config: Config, args: argparse.Namespace) -> int:
                 else "; ".join(texts.t("en", key) for key in missing)))
     _check_heartbeats(config, report)
     if not config.webhook_url:
-        print("note  WEBHOOK_URL is not set: payments are found by polling only, up to POLL_INTERVAL late")
+        print(f"mode  selling by polling: no WEBHOOK_URL, so pending invoices are checked every "
+              f"{poll_every(config)}s (set WEBHOOK_URL once DNS and TLS are ready)")
     elif not config.webhook_url.startswith("https://"):
         report(False, f"WEBHOOK_URL {config.webhook_url}: CryptoBot calls only https:// URLs")
     else:
+        print(f"mode  webhook, with polling every {poll_every(config)}s for what it misses")
         print(f"\nPaste this URL into @CryptoBot (Crypto Pay -> My Apps -> your app -> Webhooks):\n"
               f"  {config.public_webhook_url}\n")
     if problems:

@@ -5,7 +5,7 @@ import logging
 import sqlite3
 from dataclasses import dataclass
 
-from config import Plan
+from config import Config, Plan
 from cryptopay import CryptoPayError, UnreadableInvoice
 from db import Outcome
 from kinds import Kind
@@ -20,6 +20,11 @@ FORGET_AFTER = 86400
 # A payment the poller applied, with no webhook at all arriving this long after, means
 # webhooks are not arriving.
 WEBHOOK_GRACE = 120
+# Without WEBHOOK_URL the poller is the only way a payment is seen, so it looks this often
+# (seconds) while any invoice is pending, and a member waits seconds, not POLL_INTERVAL.
+# Crypto Pay publishes no rate limit; this is one getInvoices call (up to 1000 invoices)
+# every 3 s, none while nothing is pending, with backoff on any failure.
+POLL_WITHOUT_WEBHOOK = 3
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,14 @@ class WebhookWatch:
             if not app.db.webhook_seen_since(at):
                 note_webhook(app, False, invoice_id)
             del self.applied[invoice_id]
+
+
+def poll_every(config: Config) -> int:
+    """Seconds between the poller's looks: POLL_INTERVAL, or POLL_WITHOUT_WEBHOOK if shorter
+    when there is no webhook."""
+    if config.webhook_url:
+        return config.poll_interval
+    return min(config.poll_interval, POLL_WITHOUT_WEBHOOK)
 
 
 def club_name(app: App) -> str:

@@ -12,7 +12,7 @@ import threading
 from access import check_rights
 from cryptopay import CryptoPayError
 from outbox import LONGEST_WAIT
-from payments import WebhookWatch, poll_once
+from payments import WebhookWatch, poll_every, poll_once
 from runtime import App
 from tg import Stopping
 
@@ -67,7 +67,8 @@ class Sweeper:
 
 
 class Poller:
-    """Asks Crypto Pay about pending invoices every POLL_INTERVAL, first at start."""
+    """Asks Crypto Pay about pending invoices every POLL_INTERVAL (every few seconds without a
+    webhook: payments.poll_every), first at start."""
 
     def __init__(self, app: App):
         self.app = app
@@ -75,10 +76,11 @@ class Poller:
         self.watch = WebhookWatch()
 
     def run(self) -> None:
-        interval = self.app.config.poll_interval
+        interval = poll_every(self.app.config)
         failures = 0
         delay = 0.0
-        log.info("payment poller started, every %ss", interval)
+        log.info("payment poller started, every %ss%s", interval,
+                 "" if self.app.config.webhook_url else " (no WEBHOOK_URL: polling is how payments are seen)")
         while not self.app.stop.wait(delay):
             self.app.heartbeat("poller")
             try:  # first, and whether or not Crypto Pay answers below

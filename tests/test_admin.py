@@ -281,9 +281,11 @@ def test_check_says_all_well_and_prints_the_url_to_paste(tmp_path, env):
     assert 'Crypto Pay: app "Club"' in out
     assert "the bot can invite and remove members" in out
     assert "https://club.example.com/webhook/cryptobot" in out
+    assert "mode  webhook, with polling every 1s for what it misses" in out
     assert out.strip().endswith("All well.")
-    code, out, _ = run_cli(env, tmp_path, "check")  # no WEBHOOK_URL: polling only, still well
-    assert code == 0 and "WEBHOOK_URL is not set" in out
+    # No WEBHOOK_URL: selling by polling, still well; it says so, and how often it looks.
+    code, out, _ = run_cli({k: v for k, v in env.items() if k != "POLL_INTERVAL"}, tmp_path, "check")
+    assert code == 0 and "mode  selling by polling: no WEBHOOK_URL, so pending invoices are checked every 3s" in out
 
 
 def test_check_fails_with_the_reason(tmp_path, env, telegram, cryptopay):

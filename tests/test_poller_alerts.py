@@ -242,3 +242,11 @@ def test_the_poller_thread_tells_admins_when_webhooks_do_not_come(app, cryptopay
         [message] = telegram.messages_to(admin)
         assert "webhook never came" in message["text"]
         assert "https://club.example.com/webhook/cryptobot" in message["text"]
+
+
+def test_without_a_webhook_the_poller_looks_every_few_seconds_and_a_shorter_interval_wins(make_config):
+    from payments import POLL_WITHOUT_WEBHOOK, poll_every
+
+    assert poll_every(make_config(POLL_INTERVAL="30s", WEBHOOK_URL="")) == POLL_WITHOUT_WEBHOOK == 3
+    assert poll_every(make_config(POLL_INTERVAL="1s", WEBHOOK_URL="")) == 1
+    assert poll_every(make_config(POLL_INTERVAL="30s", WEBHOOK_URL="https://club.example.com")) == 30

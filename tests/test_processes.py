@@ -67,6 +67,30 @@ def test_the_all_in_one_process_sells_a_subscription_end_to_end(tmp_path, env, t
         assert secret not in log and secret not in err
 
 
+def test_without_a_webhook_a_payment_is_seen_within_seconds_by_polling(tmp_path, env, telegram, cryptopay):
+    """Selling before the domain exists: no WEBHOOK_URL and POLL_INTERVAL at its default (30 s),
+    yet the member paying waits seconds, not half a minute."""
+    env = {key: value for key, value in env.items() if key not in ("WEBHOOK_URL", "POLL_INTERVAL")}
+    process = start_process([CLUBBOT], env, tmp_path)
+    try:
+        wait_for(lambda: health(int(env["WEBHOOK_PORT"])), timeout=15)
+        telegram.push_update(message("/start"))
+        wait_for(lambda: telegram.messages_to(501))
+        telegram.push_update(callback_query("plan:month"))
+        wait_for(lambda: len(telegram.messages_to(501)) == 2)
+        polls = len(cryptopay.called("getInvoices"))
+        cryptopay.pay(1001)
+        paid_at = time.monotonic()
+        wait_for(lambda: [m for m in telegram.messages_to(501) if "active until" in m["text"]], timeout=15)
+        assert time.monotonic() - paid_at < 6  # POLL_WITHOUT_WEBHOOK (3 s) and the send
+        assert len(cryptopay.called("getInvoices")) > polls
+        stop(process)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert "polling is how payments are seen" in (tmp_path / "logs" / "clubbot.log").read_text()
+
+
 @pytest.mark.parametrize("args", [[CLUBBOT], [CLUBBOT, "bot"], [WEBHOOK_SERVER]],
                          ids=["all-in-one", "bot", "webhook-server"])
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
