@@ -185,7 +185,6 @@ def cmd_check(config: Config, args: argparse.Namespace) -> int:
     """Config, both APIs, the bot's rights in each club chat, and the URL to paste into @CryptoBot."""
     import texts
     from access import missing_rights
-    from payments import poll_every
     from tg import classify, make_bot, migrated_to
 
     problems: list[str] = []
@@ -230,6 +229,18 @@ def cmd_check(config: Config, args: argparse.Namespace) -> int:
                 "the bot can invite and remove members" if not missing
                 else "; ".join(texts.t("en", key) for key in missing)))
     _check_heartbeats(config, report)
+    _check_webhook(config, report)
+    if problems:
+        print(f"{len(problems)} problem(s) found.")
+        return 1
+    print("All well.")
+    return 0
+
+
+def _check_webhook(config: Config, report: Callable[[bool, str], None]) -> None:
+    """Which way payments arrive, and the webhook URL to paste into @CryptoBot."""
+    from payments import poll_every
+
     if not config.webhook_url:
         print(f"mode  selling by polling: no WEBHOOK_URL, so pending invoices are checked every "
               f"{poll_every(config)}s (set WEBHOOK_URL once DNS and TLS are ready)")
@@ -239,11 +250,6 @@ def cmd_check(config: Config, args: argparse.Namespace) -> int:
         print(f"mode  webhook, with polling every {poll_every(config)}s for what it misses")
         print(f"\nPaste this URL into @CryptoBot (Crypto Pay -> My Apps -> your app -> Webhooks):\n"
               f"  {config.public_webhook_url}\n")
-    if problems:
-        print(f"{len(problems)} problem(s) found.")
-        return 1
-    print("All well.")
-    return 0
 
 
 def _check_heartbeats(config: Config, report: Callable[[bool, str], None]) -> None:
