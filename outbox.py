@@ -82,6 +82,7 @@ KINDS: dict[Kind, Handler] = {
     Kind.BROADCAST_STARTED: messages.broadcast_started,
     Kind.ADMIN_MISMATCH: messages.admin_mismatch,
     Kind.ADMIN_RIGHTS: messages.admin_rights,
+    Kind.ADMIN_CHAT_ADDED: messages.admin_chat_added,
     Kind.ADMIN_TOKEN: messages.admin_token,
     Kind.ADMIN_WEBHOOK: messages.admin_webhook,
     Kind.ADMIN_WEBHOOK_UNUSABLE: messages.admin_webhook_unusable,
@@ -99,9 +100,15 @@ class Sender:
 
     def __init__(self, app: App, lanes: int = 1):
         self.app = app
-        self.db: Database = app.db
         self.ctx = Context(app)
-        self._lanes = Lanes(lanes, app.stop, self._deliver_all, on_exit=app.db.close) if lanes > 1 else None
+        self._lanes = Lanes(lanes, app.stop, self._deliver_all, on_exit=self._lane_ended) if lanes > 1 else None
+
+    @property
+    def db(self) -> Database:
+        return self.app.db  # read when used, as Context.db is: the App's database may be replaced
+
+    def _lane_ended(self) -> None:
+        self.app.db.close()  # the lane's own connection
 
     def run(self) -> None:
         log.info("sender started")
@@ -211,7 +218,8 @@ class Lanes:
 
     Not concurrent.futures: its threads are joined at interpreter exit, so one waiting on
     Telegram would hold a stopping process past its 10 s bound. A lane ends at close(),
-    or once it is idle after the app's stop event is set.
+    or once it is idle after the app's stop event is set. A lock lets one caller at a time
+    start lanes, queue work or end them.
     """
 
     IDLE_WAIT = 0.5  # seconds between an idle lane's looks at the stop event
@@ -222,36 +230,47 @@ class Lanes:
         self._stop, self._work, self._on_exit = stop, work, on_exit
         self._tasks: queue.SimpleQueue[tuple[list[sqlite3.Row], threading.Event] | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
 
     def run(self, batches: list[list[sqlite3.Row]]) -> None:
         """Deliver each batch on a lane; return when all are done, or when the lanes ended
         because the app stops (the rows not reached stay queued in the database)."""
-        self._start()
         done = [threading.Event() for _ in batches]
-        for batch, finished in zip(batches, done, strict=True):
-            self._tasks.put((batch, finished))
+        with self._lock:
+            threads = self._start()
+            for batch, finished in zip(batches, done, strict=True):
+                self._tasks.put((batch, finished))
         for finished in done:
             while not finished.wait(self.IDLE_WAIT):
-                if not any(thread.is_alive() for thread in self._threads):
-                    self._drop_tasks()
+                if not any(thread.is_alive() for thread in threads):
+                    with self._lock:
+                        self._drop_tasks()
                     return
 
     def close(self, timeout: float) -> None:
-        """End the lanes: each after the batch in its hands; waits at most `timeout` seconds."""
-        for _ in self._threads:
-            self._tasks.put(None)
-        deadline = time.monotonic() + timeout
-        for thread in self._threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
+        """End the lanes: each after the batch in its hands; waits at most `timeout` seconds.
 
-    def _start(self) -> None:
+        Nothing is left queued: a stop marker not taken (its lane had ended on its own) would
+        end a lane of the next start at once, with that round's work."""
+        with self._lock:
+            running = [thread for thread in self._threads if thread.is_alive()]
+            for _ in running:
+                self._tasks.put(None)
+            deadline = time.monotonic() + timeout
+            for thread in running:
+                thread.join(max(0.0, deadline - time.monotonic()))
+            self._drop_tasks()
+            self._threads = [thread for thread in running if thread.is_alive()]  # busy past the timeout
+
+    def _start(self) -> list[threading.Thread]:
         """Start the lanes that are not running: all at the first batch, then none (unless the
-        app's stop event was set and cleared again, as tests do)."""
+        app's stop event was set and cleared again, as tests do). Called with the lock held."""
         self._threads = [thread for thread in self._threads if thread.is_alive()]
         while len(self._threads) < self.count:
             thread = threading.Thread(target=self._lane, name="sender-lane", daemon=True)
             thread.start()
             self._threads.append(thread)
+        return list(self._threads)
 
     def _drop_tasks(self) -> None:
         while True:

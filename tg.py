@@ -157,7 +157,7 @@ class Stopping(BaseException):
     A BaseException, as asyncio.CancelledError is: it is no failure, so no `except Exception`
     takes it for one, and none needs an `except Stopping: raise` before it. It is caught once
     per thread that makes budgeted calls, at the top of its loop (outbox.Sender,
-    workers.Sweeper, clubbot's start-up), which ends its turn there.
+    workers.Sweeper, the update handler threads, clubbot's start-up), which ends its turn there.
     """
 
 

@@ -24,7 +24,7 @@ import requests
 from telebot import apihelper, types
 
 from runtime import App
-from tg import LONG_POLL_SECONDS, classify
+from tg import LONG_POLL_SECONDS, Stopping, classify
 
 log = logging.getLogger("clubbot.updates")
 
@@ -225,13 +225,17 @@ class UpdatePoller:
             member, (update_id, body) = taken
             try:
                 self.handle(update_id, body)
+            except Stopping:  # a Bot API call gave up its wait: the update stays pending for the next start
+                log.info("update %s: left for the next start (stopping)", update_id)
             except Exception:  # the loop must outlive any one update
                 log.exception("update %s: handling failed", update_id)
             finally:
                 self.queue.done(member)
 
     def handle(self, update_id: int, body: str) -> None:
-        """Run the handlers on one update, then mark it handled (a failing one too: it must not loop)."""
+        """Run the handlers on one update, then mark it handled (a failing one too: it must not loop).
+        Raises tg.Stopping if the process stops meanwhile: the update is not marked, and is handled
+        again after a restart."""
         try:
             self.bot.process_new_updates([types.Update.de_json(body)])
         except Exception:

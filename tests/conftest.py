@@ -8,8 +8,10 @@ import io
 import json
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from wsgiref.headers import Headers
@@ -164,10 +166,15 @@ class Answer:
 class InProcess:
     """A WSGI app called in this process, as a server calls it (wsgiref's testing defaults), with
     wsgiref's validator checking both sides of the WSGI contract. For what the app decides
-    (signatures, JSON, outcomes); what HTTP itself does goes through the `server` fixture."""
+    (signatures, JSON, outcomes); what HTTP itself does goes through the `server` fixture.
 
-    def __init__(self, wsgi_app):
+    Each request runs on a thread of its own, as under waitress, whose database connection is
+    closed at its end: a write the request left uncommitted fails the request, and is rolled
+    back rather than seen by the test's reads (which go through the test thread's connection)."""
+
+    def __init__(self, wsgi_app, app):
         self.wsgi = validator(wsgi_app)
+        self.app = app  # its database is read at each request: tests may replace it
 
     def request(self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None,
                 remote_addr: str = "127.0.0.1") -> Answer:
@@ -178,18 +185,35 @@ class InProcess:
             key = name.upper().replace("-", "_")
             environ[key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else "HTTP_" + key] = value
         setup_testing_defaults(environ)
+        outcome: list = []
+        thread = threading.Thread(target=self._serve, args=(environ, outcome), name="in-process-request")
+        thread.start()
+        thread.join(30)
+        assert not thread.is_alive(), f"{method} {path}: no answer within 30 s"
+        [answer] = outcome
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    def _serve(self, environ: dict, outcome: list) -> None:
         started: list[tuple[str, list]] = []
 
         def start_response(status, response_headers, exc_info=None):
             started.append((status, response_headers))
 
-        result = self.wsgi(environ, start_response)
         try:
-            content = b"".join(result)
+            result = self.wsgi(environ, start_response)
+            try:
+                content = b"".join(result)
+            finally:
+                result.close()
+            [(status, response_headers)] = started
+            assert not in_transaction(self.app.db), f"{environ['PATH_INFO']}: a transaction left open"
+            outcome.append(Answer(status, response_headers, content))
+        except BaseException as exc:  # raised again on the test's thread
+            outcome.append(exc)
         finally:
-            result.close()
-        [(status, response_headers)] = started
-        return Answer(status, response_headers, content)
+            self.app.db.close()  # what is left uncommitted is rolled back
 
     def get(self, path: str, **kwargs) -> Answer:
         return self.request("GET", path, **kwargs)
@@ -205,12 +229,20 @@ class InProcess:
         return self.post(path, body, headers=signed, **kwargs)
 
 
+def in_transaction(db) -> bool:
+    """Whether this thread's connection to `db` has a transaction open (False if it cannot be opened)."""
+    try:
+        return db.connect().in_transaction
+    except sqlite3.Error:
+        return False
+
+
 @pytest.fixture
 def client(app) -> InProcess:
-    """The WSGI app of `app`, called in process: no socket, no thread."""
+    """The WSGI app of `app`, called in process: no socket, a short-lived thread per request."""
     from webhook_server import make_wsgi_app
 
-    return InProcess(make_wsgi_app(app))
+    return InProcess(make_wsgi_app(app), app)
 
 
 def wait_for_port(port: int, timeout: float = 10) -> None:

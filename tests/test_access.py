@@ -20,9 +20,9 @@ from conftest import ADMIN, CLUB_CHAT, START, wait_for
 from test_lifecycle import DAY, settle, texts_to
 from test_sender import BAD_GATEWAY
 
-from handlers import register_handlers
+from handlers import _guarded, register_handlers
 from outbox import Sender
-from tg import RateLimiter
+from tg import RateLimiter, Stopping
 from updates import MAX_QUEUED_PER_MEMBER, FairQueue, UpdatePoller
 from workers import Sweeper
 
@@ -501,6 +501,26 @@ def test_a_handler_thread_outlives_a_database_that_fails_for_a_moment(bot, app, 
         assert app.heartbeats.problems(app.db) == []
     finally:
         app.stop.set()
+
+
+def test_an_update_cut_short_by_a_stop_stays_pending_and_its_handler_thread_ends_quietly(app, telegram,
+                                                                                        monkeypatch):
+    died = []
+    monkeypatch.setattr(threading, "excepthook", died.append)
+
+    def stopping(app, message):  # as a Bot API call through the shared budget does when the process stops
+        app.stop.set()
+        raise Stopping()
+
+    app.bot.register_message_handler(_guarded(app, stopping), commands=["help"])
+    poller = UpdatePoller(app, threads=1)
+    poller.start_handlers()
+    telegram.push_update(message("/help", 501))
+    poller.fetch_once(long_poll=0)
+    poller._handlers[0].join(5)
+    assert not poller._handlers[0].is_alive()
+    assert died == []  # ended by its loop, not by the exception
+    assert len(app.db.pending_updates()) == 1  # handled again after the restart
 
 
 def test_a_flood_never_drops_a_join_request_or_an_admins_command(bot, app, telegram):

@@ -7,9 +7,10 @@ import sqlite3
 import threading
 from decimal import Decimal
 
+import pytest
 import requests
 from builders import crypto_pay_update, paid_invoice, paid_update
-from conftest import ADMIN, PAY_TOKEN, START, post_signed
+from conftest import ADMIN, PAY_TOKEN, START, InProcess, post_signed
 
 from cryptopay import signature, signature_matches
 
@@ -287,6 +288,21 @@ def test_the_app_is_valid_wsgi(app, cryptopay, client):
         response = client.request(method, path, data, headers=headers)
         assert f"{response.status_code} {response.reason}" == expected
     assert app.db.subscription(501)["expires_at"] == START + 30 * 86400
+
+
+def test_a_request_that_leaves_a_write_uncommitted_fails_and_its_write_is_not_seen(app):
+    """The `client` fixture itself: each request on its own connection, closed at its end, so the
+    test's reads see only what the request committed."""
+    def forgets_to_commit(environ, start_response):
+        conn = app.db.connect()
+        conn.execute("BEGIN")
+        conn.execute("INSERT INTO state (key, value) VALUES ('probe', 'written')")
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b""]
+
+    with pytest.raises(AssertionError, match="transaction left open"):
+        InProcess(forgets_to_commit, app).get("/")
+    assert app.db.states("probe") == {}
 
 
 def test_it_logs_the_client_address_behind_the_trusted_proxy(app, cryptopay, server, caplog):
