@@ -22,6 +22,7 @@ REQUIRED = object()
 FIAT_CURRENCIES = frozenset(
     "USD EUR RUB BYN UAH GBP CNY KZT UZS GEL TRY AMD THB INR BRL IDR AZN AED PLN ILS KGS TJS".split()
 )
+TESTNET_DATABASE = "data/clubbot-testnet.db"  # DATABASE_PATH's default on testnet
 NETWORK_URLS = {
     "mainnet": "https://pay.crypt.bot/api",
     "testnet": "https://testnet-pay.crypt.bot/api",
@@ -37,6 +38,12 @@ MAX_DURATION = 36500 * 86400
 MAX_INTERVAL = 86400
 # Keys in .env that are not ClubBot settings but are fine to keep there.
 FOREIGN_ENV_PREFIXES = ("PYTHON", "LC_", "LANG", "TZ", "HOME", "PATH")
+# .env as systemd's EnvironmentFile= reads it (src/basic/env-file.c): the service's values come from there.
+_ENV_SPACE = " \t\r"
+_ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_ENV_ESCAPABLE = '"\\`$'  # in "...", a backslash before one of these keeps just the character
+# .env.example's and README's stand-in for the owner's domain.
+PLACEHOLDER_DOMAIN = "your-domain.com"
 
 
 class ConfigError(ValueError):
@@ -196,6 +203,19 @@ def _optional_url(text: str) -> str:
     return _url(text) if text.strip() else ""
 
 
+def _webhook_url(text: str) -> str:
+    """The public base URL: CryptoBot is given it plus WEBHOOK_PATH (empty: polling only)."""
+    url = _optional_url(text)
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if host == PLACEHOLDER_DOMAIN or host.endswith("." + PLACEHOLDER_DOMAIN):
+        raise ValueError(f"{PLACEHOLDER_DOMAIN} is the example's placeholder; write your own domain or leave it empty")
+    path = parts.path.rstrip("/")
+    if WEBHOOK_PATH in path or path.endswith("/webhook"):
+        raise ValueError(f"give the base URL only, e.g. https://club.example.com; ClubBot adds {WEBHOOK_PATH}")
+    return url
+
+
 def _assets(text: str) -> tuple[str, ...]:
     items = tuple(item.strip() for item in text.split(",") if item.strip())
     for item in items:
@@ -285,9 +305,9 @@ SETTINGS: dict[str, tuple[Callable[[str], Any], Any]] = {
     "ACCEPTED_ASSETS": (_assets, ""),
     "WEBHOOK_HOST": (_host, "127.0.0.1"),
     "WEBHOOK_PORT": (_port, "8000"),
-    "WEBHOOK_URL": (_optional_url, ""),
+    "WEBHOOK_URL": (_webhook_url, ""),
     "TRUSTED_PROXY": (_trusted_proxy, "127.0.0.1"),
-    "DATABASE_PATH": (_path, "data/clubbot.db"),
+    "DATABASE_PATH": (_path, "data/clubbot.db"),  # TESTNET_DATABASE on testnet
     "LOG_FILE": (_path, "logs/clubbot.log"),
     "LOG_LEVEL": (_log_level, "INFO"),
     "POLL_INTERVAL": (_duration(1, MAX_INTERVAL), "30s"),
@@ -343,30 +363,74 @@ class Config:
 
 
 def read_env_file(path: Path) -> dict[str, str]:
-    """Parse a .env file: KEY=VALUE lines, '#' comments, optional quotes, optional 'export'."""
+    """Parse a .env file as systemd's EnvironmentFile= does, refusing what it would read otherwise.
+
+    The service takes its values from systemd, the owner's tools from here: were the two to
+    differ, `check` would pass a file that the service reads another way. Both take KEY=VALUE
+    lines, comments on lines of their own ('#' or ';'), and values plain, in '...', or in "..."
+    (with the escapes \\" \\\\ \\` \\$). Refused, naming the line, is what systemd reads
+    otherwise than it looks: a comment after a value (systemd keeps it in the value), text
+    after a closing quote (added to it), `export` and lines without '=' (skipped), a backslash
+    outside quotes (dropped, or joining two lines), a comment ending in one (systemd before
+    v254 skips the next line with it) and a quote left open at the end of its line.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(str(path), "is not UTF-8 text") from None
     values: dict[str, str] = {}
-    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
+    for number, raw in enumerate(text.split("\n"), 1):
+        where, line = f"{path}:{number}", raw.strip(_ENV_SPACE)
+        if line[:1] in ("#", ";"):
+            if line.endswith("\\"):
+                raise ConfigError(where, "a comment ending in a backslash, with which systemd (before v254) "
+                                         "skips the next line too; remove the backslash")
             continue
-        if line.startswith("export "):
-            line = line[len("export "):].lstrip()
-        key, sep, value = line.partition("=")
-        key = key.strip()
-        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
-            raise ConfigError(f"{path}:{number}", "expected KEY=VALUE")
-        value = value.strip()
-        if value[:1] in ("'", '"'):
-            closing = value.find(value[0], 1)
-            rest = value[closing + 1:].strip() if closing > 0 else "?"
-            if closing < 0 or (rest and not rest.startswith("#")):
-                raise ConfigError(f"{path}:{number}", f"{key}: unbalanced quotes")
-            value = value[1:closing]
-        else:
-            # An inline comment needs a space before '#', as in shell.
-            value = re.sub(r"\s+#.*$", "", value)
-        values[key] = value
+        if not line:
+            continue
+        key, sep, rest = line.partition("=")
+        key = key.rstrip(_ENV_SPACE)
+        if not sep or not _ENV_KEY.fullmatch(key):
+            exported = key.split()[:1] == ["export"]
+            raise ConfigError(where, "expected KEY=VALUE" + (", without 'export' (systemd skips such a line)"
+                                                            if exported else ""))
+        values[key] = _env_value(rest, key, where)
     return values
+
+
+def _env_value(text: str, key: str, where: str) -> str:
+    """The value after KEY= on one line of a .env file, as systemd reads it (see read_env_file)."""
+    value = text.strip(_ENV_SPACE)
+    if value[:1] in ("'", '"'):
+        value, end = _quoted(value, key, where)
+        if text.strip(_ENV_SPACE)[end:].strip(_ENV_SPACE):
+            raise ConfigError(where, f"{key}: text after the closing quote, which systemd would add to the "
+                                     f"value; put a comment on a line of its own")
+        return value
+    if re.search(r"\s#", text.rstrip(_ENV_SPACE)):
+        raise ConfigError(where, f"{key}: a comment after the value, which systemd would read as part of it; "
+                                 f"move the comment to its own line (or quote the value if '#' belongs to it)")
+    if "\\" in value:
+        raise ConfigError(where, f"{key}: a backslash outside quotes, which systemd drops (or, at the end, "
+                                 f"joins the next line); put the value in single quotes")
+    return value
+
+
+def _quoted(text: str, key: str, where: str) -> tuple[str, int]:
+    """The value of the '...' or "..." that `text` begins with, and the index after its closing quote."""
+    quote, chars, index = text[0], [], 1
+    while index < len(text):
+        char = text[index]
+        if char == quote:
+            return "".join(chars), index + 1
+        if char == "\\" and quote == '"' and index + 1 < len(text):
+            escaped = text[index + 1]
+            chars.append(escaped if escaped in _ENV_ESCAPABLE else char + escaped)
+            index += 2
+            continue
+        chars.append(char)
+        index += 1
+    raise ConfigError(where, f"{key}: the quote is not closed on this line")
 
 
 def load(environ: dict[str, str] | None = None, env_file: Path | str | None = ".env") -> Config:
@@ -393,4 +457,7 @@ def load(environ: dict[str, str] | None = None, env_file: Path | str | None = ".
             raise ConfigError(name, str(exc)) from None
     if not values["crypto_pay_api_url"]:
         values["crypto_pay_api_url"] = NETWORK_URLS[values["crypto_pay_network"]]
+    if values["crypto_pay_network"] == "testnet" and "DATABASE_PATH" not in environ.keys() | file_values.keys():
+        # Test payments in a database of their own: they never count as revenue (runtime.build_app).
+        values["database_path"] = _path(TESTNET_DATABASE)
     return Config(**values)

@@ -5,12 +5,18 @@ messages in the database; the bot process sends them. It never needs Telegram.
 """
 from __future__ import annotations
 
+import sys
+
+# Before any import that an older Python fails on: one line instead of a traceback (as in clubbot.py).
+if sys.version_info < (3, 11):  # noqa: UP036 (for the Pythons that ruff's target leaves out)
+    sys.exit(f"ClubBot needs Python 3.11 or newer; this is {'.'.join(map(str, sys.version_info[:3]))} "
+             f"(see README: Deployment)")
+
 import json
 import logging
 import re
 import resource
 import sqlite3
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -281,7 +287,7 @@ class ServerThread:
 def main(argv: list[str] | None = None) -> int:
     import clubbot  # the CLI owns config loading, logging and signals
 
-    return clubbot.main(["webhook", *(argv if argv is not None else sys.argv[1:])])
+    return clubbot.main(argv, clubbot.build_webhook_parser())
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The member's side in Telegram: hand-built updates through the real handlers and the fake Bot API."""
 import pytest
 from builders import ask_to_join, buttons, command, press
+from conftest import ADMIN
 
 from handlers import register_handlers
 from outbox import Sender
@@ -133,3 +134,36 @@ def test_a_join_request_to_another_chat_is_left_alone(bot, telegram, app):
     Sender(app).run_once()
     assert telegram.calls == [] or all(name != "approveChatJoinRequest" for name, _ in telegram.calls)
     assert app.db.waiting_join_chats(501) == []
+
+
+def test_plain_text_gets_the_menu_in_the_members_language(bot, telegram, app):
+    command(bot, "hello?")
+    message = last_message(telegram)
+    assert message["text"].startswith("Welcome to @club_test_bot")
+    assert [b["callback_data"] for b in buttons(message)] == ["plan:month", "plan:year", "plan:trial"]
+    command(bot, "привет", lang="ru")
+    assert last_message(telegram)["text"].startswith("Добро пожаловать")
+
+
+def test_plain_text_from_an_admin_or_a_member_with_time_gets_the_menu_too(bot, telegram, app):
+    command(bot, "hi", user_id=ADMIN)
+    assert last_message(telegram, ADMIN)["text"].startswith("Welcome to")
+    press(bot, "plan:trial")
+    Sender(app).run_once()
+    sent = len(telegram.messages_to(501))
+    command(bot, "how do I get in?")
+    message = last_message(telegram)
+    assert message["text"].startswith("Welcome back") and "(3 days left)" in message["text"]
+    assert Sender(app).run_once() == 0  # the menu, not the way in again (that is /start's and /link's)
+    assert len(telegram.messages_to(501)) == sent + 1
+
+
+def test_the_activation_and_status_a_second_later_count_the_same_days(bot, telegram, app, cryptopay, clock):
+    press(bot, "plan:month")
+    cryptopay.pay(1001)
+    press(bot, buttons(last_message(telegram))[1]["callback_data"])
+    Sender(app).run_once()
+    assert "(30 days left)" in last_message(telegram)["text"]
+    clock.advance(1)
+    command(bot, "/status")
+    assert last_message(telegram)["text"].endswith("(30 days left).")

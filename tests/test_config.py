@@ -40,8 +40,8 @@ def test_it_fills_defaults_and_picks_the_api_by_network(make_config):
 
 def test_the_environment_wins_over_the_env_file(tmp_path, env):
     env_file = tmp_path / ".env"
-    env_file.write_text("# comment\nexport WEBHOOK_PORT=9001\nLOG_LEVEL='debug'\n"
-                        'DEFAULT_LANGUAGE="en"  # inline comment\n', encoding="utf-8")
+    env_file.write_text("# comment\nWEBHOOK_PORT=9001\nLOG_LEVEL='debug'\n"
+                        'DEFAULT_LANGUAGE="en"\n', encoding="utf-8")
     environ = {k: v for k, v in env.items() if k != "WEBHOOK_PORT"}
     environ["LOG_LEVEL"] = "warning"
     cfg = config_module.load(environ, env_file=env_file)
@@ -103,3 +103,94 @@ def test_start_up_stops_with_one_line_and_exit_code_2(tmp_path, env, name, value
         assert len(lines) == 1, err
         assert lines[0].startswith(f"clubbot: config error: {name}:")
         assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("value, words", [
+    ("https://club.example.org/webhook/cryptobot", "give the base URL only, e.g. https://club.example.com; "
+                                                   "ClubBot adds /webhook/cryptobot"),
+    ("https://club.example.org/webhook/cryptobot/", "give the base URL only"),
+    ("https://club.example.org/webhook", "give the base URL only"),
+    ("https://your-domain.com", "your-domain.com is the example's placeholder; write your own domain or leave "
+                                "it empty"),
+    ("https://www.your-domain.com/", "placeholder"),
+])
+def test_webhook_url_is_a_base_url_of_ones_own(make_config, value, words):
+    with pytest.raises(ConfigError) as error:
+        make_config(WEBHOOK_URL=value)
+    assert error.value.name == "WEBHOOK_URL" and words in str(error.value)
+    assert make_config(WEBHOOK_URL="https://club.example.org/").public_webhook_url == (
+        "https://club.example.org/webhook/cryptobot")
+    assert make_config(WEBHOOK_URL="https://example.org/club").webhook_url == "https://example.org/club"
+
+
+# .env is read as systemd's EnvironmentFile= reads it (the service's values come from systemd),
+# or refused with the line, when systemd would read it otherwise than it looks. The values were
+# checked against systemd 252's own parser (load_env_file in libsystemd-shared).
+
+def read_env(tmp_path, text: str) -> dict[str, str]:
+    env_file = tmp_path / ".env"
+    env_file.write_text(text, encoding="utf-8")
+    return config_module.read_env_file(env_file)
+
+
+@pytest.mark.parametrize("text, value", [
+    ("V=plain", "plain"),
+    ("  V = spaced out  \t", "spaced out"),
+    ("V=a  b", "a  b"),  # interior whitespace kept
+    ("V=8000#no-space", "8000#no-space"),  # '#' begins a comment only at the start of a line
+    ("V='single # \\ $x'", "single # \\ $x"),
+    ('V="a \\"b\\" \\\\ \\$ \\n"', 'a "b" \\ $ \\n'),  # shell escapes, others kept whole
+    ('V="quoted"   ', "quoted"),
+    ("V=a'b'", "a'b'"),  # a quote after the first character is kept as it is
+    ("V=", ""),
+    ("V=crlf\r", "crlf"),
+])
+def test_values_read_as_systemd_reads_them(tmp_path, text, value):
+    assert read_env(tmp_path, f"# a comment\n; another\n\n{text}\n") == {"V": value}
+
+
+@pytest.mark.parametrize("text, words", [
+    ("WEBHOOK_PORT=8000 # the port", "WEBHOOK_PORT: a comment after the value, which systemd would read as part "
+                                     "of it; move the comment to its own line"),
+    ("ADMIN_IDS=\t# none yet", "a comment after the value"),
+    ('V="en"  # inline comment', "text after the closing quote"),
+    ("V='a' 'b'", "text after the closing quote"),
+    ("export V=1", "expected KEY=VALUE, without 'export' (systemd skips such a line)"),
+    ("V", "expected KEY=VALUE"),
+    ("1V=x", "expected KEY=VALUE"),
+    ("V=a\\b", "a backslash outside quotes"),
+    ("V=joined \\", "a backslash outside quotes"),
+    ("# a comment \\", "a comment ending in a backslash"),
+    ("V='open", "the quote is not closed on this line"),
+    ('V="open \\"', "the quote is not closed on this line"),
+])
+def test_what_systemd_reads_otherwise_is_refused_with_its_line(tmp_path, text, words):
+    with pytest.raises(ConfigError) as error:
+        read_env(tmp_path, f"# line 1\nBOT_TOKEN=1:x\n{text}\nV2=after\n")
+    assert error.value.name == f"{tmp_path / '.env'}:3"
+    assert words in str(error.value)
+
+
+def test_a_file_that_is_not_utf8_is_one_line(tmp_path):
+    env_file = tmp_path / ".env"
+    env_file.write_bytes(b"V=\xff\n")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        config_module.read_env_file(env_file)
+
+
+def test_start_up_names_the_line_of_an_inline_comment(tmp_path, env):
+    (tmp_path / ".env").write_text("# ClubBot\nWEBHOOK_PORT=8000 # the port\n", encoding="utf-8")
+    environ = {k: v for k, v in env.items() if k != "WEBHOOK_PORT"}
+    process = start_process([str(ROOT / "clubbot.py"), "check"], environ, tmp_path)
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 2, err
+    assert err.strip() == ("clubbot: config error: .env:2: WEBHOOK_PORT: a comment after the value, which "
+                           "systemd would read as part of it; move the comment to its own line (or quote the "
+                           "value if '#' belongs to it)")
+
+
+def test_the_example_env_reads_as_systemd_would_and_says_where_the_database_is(make_config):
+    example = ROOT / ".env.example"
+    values = config_module.read_env_file(example)
+    make_config(WEBHOOK_URL=values["WEBHOOK_URL"])  # no placeholder that start-up refuses
+    assert "\n# DATABASE_PATH=/var/lib/clubbot/clubbot.db\n" in example.read_text(encoding="utf-8")

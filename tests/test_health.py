@@ -26,7 +26,7 @@ OTHER_PID = 4242
 
 def get_health(app) -> tuple[int, dict]:
     """GET /health through the WSGI app, in process; the status code and the JSON body."""
-    response = InProcess(make_wsgi_app(app)).get("/health")
+    response = InProcess(make_wsgi_app(app), app).get("/health")
     return response.status_code, response.json()
 
 
@@ -263,7 +263,7 @@ def check(make_config, capsys) -> tuple[int, list[str]]:
 def test_check_notes_that_no_running_bot_was_found_before_the_first_start(make_config, capsys):
     code, lines = check(make_config, capsys)
     assert code == 0, lines
-    assert "note  no running bot found (no database yet)" in lines
+    assert any(line.startswith("note  no running bot found (no database yet): DATABASE_PATH is ") for line in lines)
     assert not make_config().database_path.exists()  # check does not create it
 
 

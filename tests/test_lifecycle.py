@@ -128,7 +128,7 @@ def test_only_the_nearest_reminder_goes_out_when_the_bot_was_down_for_both(app, 
     clock.value = expires_at - 12 * 3600
     settle(app)
     [message] = telegram.messages_to(501)
-    assert "less than a day left" in message["text"]
+    assert "12 hours left" in message["text"]
 
 
 def test_no_reminder_for_a_member_who_already_renewed(app, telegram, cryptopay, clock):

@@ -4,6 +4,7 @@ import logging
 import requests
 from conftest import BOT_TOKEN, PAY_TOKEN, ROOT, start_process
 
+import texts
 from runtime import setup_logging
 
 
@@ -60,3 +61,20 @@ def test_the_log_file_rotates_by_size_and_keeps_five(tmp_path):
     assert all(p.stat().st_size <= 1000 for p in tmp_path.iterdir())
     assert path.read_text().splitlines()[-1].startswith("line 199")
     assert (tmp_path / "clubbot.log.1").read_text().splitlines()[-1] < path.read_text().splitlines()[0]
+
+
+def test_log_lines_write_an_expiry_as_a_utc_date(app, cryptopay, caplog):
+    from builders import paid
+
+    from payments import buy, log_applied
+
+    caplog.set_level(logging.INFO, logger="clubbot")
+    result = paid(app, cryptopay)
+    log_applied(result.outcome, 1001, "webhook", result.user_id, result.expires_at)
+    app.db.upsert_member(502, "m502", "Member", "en", app.now())
+    buy(app, 502, app.config.plan("trial"), "trial")
+    expiry, trial_end = texts.log_date(result.expires_at), texts.log_date(app.now() + 3 * 86400)
+    assert expiry == "2027-02-14 08:00 UTC"
+    assert f"subscription activated: member 501 until {expiry}" in caplog.text
+    assert f"trial started: member 502, plan trial, until {trial_end}" in caplog.text
+    assert str(result.expires_at) not in caplog.text
