@@ -5,12 +5,19 @@ The entry point: the command line, wiring the threads together, signals.
 """
 from __future__ import annotations
 
+import sys
+
+# Before any import that an older Python fails on: one line instead of a traceback. Keep the
+# file to here readable by Python 3.8 (tests/test_cli.py checks it).
+if sys.version_info < (3, 11):  # noqa: UP036 (for the Pythons that ruff's target leaves out)
+    sys.exit(f"ClubBot needs Python 3.11 or newer; this is {'.'.join(map(str, sys.version_info[:3]))} "
+             f"(see README: Deployment)")
+
 import argparse
 import json
 import logging
 import signal
 import sqlite3
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -23,13 +30,16 @@ import config as config_module
 import files
 from config import Config, ConfigError
 from cryptopay import CryptoPay, CryptoPayError, signature
-from runtime import App, build_app, setup_logging
+from runtime import App, WrongNetwork, build_app, setup_logging
 
 if TYPE_CHECKING:
     from updates import UpdatePoller
 
 log = logging.getLogger("clubbot")
 T = TypeVar("T")
+
+# `--version`; CHANGELOG.md's next release takes this number.
+__version__ = "0.9.0"
 
 STOP_SECONDS = 8.5
 STOP_HTTP_SECONDS = 4
@@ -145,15 +155,15 @@ def _sign_in(app: App) -> None:
 # --- commands ---
 
 def cmd_run(config: Config, args: argparse.Namespace) -> int:
-    return serve(_open(config), with_bot=True, with_http=True)
+    return serve(_open(config, create=True), with_bot=True, with_http=True)
 
 
 def cmd_bot(config: Config, args: argparse.Namespace) -> int:
-    return serve(_open(config), with_bot=True, with_http=False)
+    return serve(_open(config, create=True), with_bot=True, with_http=False)
 
 
 def cmd_webhook(config: Config, args: argparse.Namespace) -> int:
-    return serve(_open(config), with_bot=False, with_http=True)
+    return serve(_open(config, create=True), with_bot=False, with_http=True)
 
 
 def cmd_ping_webhook(config: Config, args: argparse.Namespace) -> int:
@@ -259,7 +269,7 @@ def _check_heartbeats(config: Config, report: Callable[[bool, str], None]) -> No
 
     # Not opened through build_app: `check` runs before the first start, and must not create the database.
     if not config.database_path.exists():
-        print("note  no running bot found (no database yet)")
+        print(f"note  no running bot found (no database yet): DATABASE_PATH is {config.database_path.absolute()}")
         return
     database = Database(config.database_path)
     try:
@@ -274,6 +284,14 @@ def _check_heartbeats(config: Config, report: Callable[[bool, str], None]) -> No
     for beat in beats:
         report(not beat.late, "worker " + beat.text() + (": hung, or killed without a clean stop (see the log)"
                                                         if beat.late else ""))
+
+
+def cmd_setup(config: Config | None, args: argparse.Namespace) -> int:
+    """The wizard (wizard.py): from nothing to a working .env, then `check` on what it wrote.
+    It needs no config to start: it makes one."""
+    import wizard
+
+    return wizard.run(args, check=lambda written: cmd_check(written, args))
 
 
 def cmd_stats(config: Config, args: argparse.Namespace) -> int:
@@ -355,9 +373,16 @@ def _write_output(target: Path, config: Config, what: str, signature: bytes,
         raise CommandError(str(exc)) from None
 
 
-def _open(config: Config) -> App:
+def _open(config: Config, create: bool = False) -> App:
+    """The App over the database; only the services `create` it. An owner's tool run from
+    another folder would otherwise make an empty one there, and report no members."""
+    if not create and not config.database_path.exists():
+        raise CommandError(f"no database at {config.database_path.absolute()} (DATABASE_PATH); "
+                           f"run ClubBot there first, or cd to its folder")
     try:
         return build_app(config)
+    except WrongNetwork as exc:
+        raise CommandError(str(exc)) from None
     except (sqlite3.Error, OSError) as exc:
         raise CommandError(f"cannot open the database {config.database_path}: {exc}") from None
 
@@ -369,19 +394,41 @@ class CommandError(Exception):
 class Command(NamedTuple):
     """One command of the CLI: what runs it, its help, its arguments (name, argparse options)."""
 
-    run: Callable[[Config, argparse.Namespace], int]
+    run: Callable[[Config | None, argparse.Namespace], int]
     help: str
     arguments: tuple[tuple[str, dict], ...] = ()
     service: bool = False  # a long-running process: it logs to LOG_FILE too
+    needs_config: bool = True  # False: runs before there is a config (setup writes it) and is given None
 
 
 USER = ("user", {"help": "Telegram id or @username"})
+SETUP_FLAGS = (
+    ("--bot-token", {"metavar": "TOKEN", "help": "the bot's token, from @BotFather"}),
+    ("--admin-id", {"metavar": "ID", "action": "append",
+                    "help": "the admins' Telegram user ids (repeatable or comma-separated; "
+                            "default: whoever sends /start to the bot)"}),
+    ("--chat-id", {"metavar": "ID", "action": "append",
+                   "help": "the club chats' ids (repeatable or comma-separated; default: the chats "
+                           "the bot is made an administrator of)"}),
+    ("--network", {"help": "mainnet or testnet (default: mainnet)"}),
+    ("--pay-token", {"metavar": "TOKEN", "help": "the Crypto Pay app's API token"}),
+    ("--plans", {"help": "id:duration:amount:currency[:title],... (default: month:30d:5:USDT,year:365d:50:USDT)"}),
+    ("--domain", {"help": "the public domain for CryptoBot's webhook, like club.example.com (\"\": none, "
+                          "payments are then confirmed by polling)"}),
+    ("--yes", {"action": "store_true",
+               "help": "ask nothing: replace an existing .env keeping its values, take the defaults"}),
+    ("--env-file", {"metavar": "PATH", "default": ".env", "help": "the file to write (default: .env here)"}),
+    ("--wait", {"metavar": "DURATION", "default": "5m",
+                "help": "how long each wait for Telegram (/start, a chat) lasts (default: 5m)"}),
+)
 
 COMMANDS: dict[str, Command] = {
     "run": Command(cmd_run, "everything in one process: bot, HTTP server, poller, sweep, sender (the default)",
                    service=True),
     "bot": Command(cmd_bot, "everything but the HTTP server", service=True),
     "webhook": Command(cmd_webhook, "the HTTP server alone (same as `python webhook_server.py`)", service=True),
+    "setup": Command(cmd_setup, "the setup wizard: from nothing to a working, checked .env "
+                                "(every answer can be given as a flag)", SETUP_FLAGS, needs_config=False),
     "check": Command(cmd_check, "check the config, both APIs and the bot's rights; print the webhook URL to paste"),
     "stats": Command(cmd_stats, "members, revenue and pending invoices"),
     "grant": Command(cmd_grant, "give a member time by hand: grant USER DURATION (USER: id or @username)",
@@ -396,11 +443,11 @@ COMMANDS: dict[str, Command] = {
 }
 
 
+SETTINGS_HELP = "Settings come from the environment and .env; see README.md."
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="clubbot.py",
-        description="ClubBot sells membership in a private Telegram club for crypto (Crypto Pay). "
-                    "Settings come from the environment and .env; see README.md.")
+    parser = _parser("clubbot.py", "ClubBot sells membership in a private Telegram club for crypto (Crypto Pay).")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, command in COMMANDS.items():
         subparser = sub.add_parser(name, help=command.help, description=command.help)
@@ -409,9 +456,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+def build_webhook_parser() -> argparse.ArgumentParser:
+    """`python webhook_server.py`: the webhook command as a script of its own, under its own name."""
+    parser = _parser("webhook_server.py", "ClubBot's HTTP server alone (GET /health, POST /webhook/cryptobot), "
+                                          "for the split setup beside `clubbot.py bot`; the same as "
+                                          "`clubbot.py webhook`.")
+    parser.set_defaults(command="webhook")
+    return parser
+
+
+def _parser(prog: str, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=f"{description} {SETTINGS_HELP}")
+    parser.add_argument("--version", action="version", version=f"ClubBot {__version__}")
+    return parser
+
+
+def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
+    args = (parser or build_parser()).parse_args(sys.argv[1:] if argv is None else argv)
     command = args.command or "run"
+    if not COMMANDS[command].needs_config:
+        try:
+            return COMMANDS[command].run(None, args)
+        except CommandError as exc:
+            return _failed(command, str(exc))
     try:
         config = config_module.load()
     except ConfigError as exc:
@@ -422,11 +489,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[command].run(config, args)
     except CommandError as exc:
-        log.error("%s", exc)
-        return 1
+        return _failed(command, str(exc))
     except CryptoPayError as exc:
-        log.error("Crypto Pay: %s", exc)
-        return 1
+        return _failed(command, f"Crypto Pay: {exc}")
+
+
+def _failed(command: str, error: str) -> int:
+    """Exit code 1, with the error in the log (the services) or as one plain line (the owner's tools)."""
+    if COMMANDS[command].service:
+        log.error("%s", error)
+    else:
+        print(f"error: {error}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

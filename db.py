@@ -469,6 +469,14 @@ class Database:
                 enqueue(tx, kind, admin_id, {**payload, "bad": bad}, now, PRIORITY_NOW)
             return True
 
+    def claim_network(self, network: str) -> str:
+        """The Crypto Pay network this database's payments are on: recorded by the first start
+        (an older database takes the network it is opened with), never changed after."""
+        with self.transaction() as tx:
+            tx.execute("INSERT INTO state (key, value) VALUES ('network', ?) ON CONFLICT (key) DO NOTHING",
+                       (network,))
+            return tx.execute("SELECT value FROM state WHERE key = 'network'").fetchone()[0]
+
     def put_state(self, key: str, value: str) -> None:
         with self.transaction() as tx:
             tx.execute("INSERT INTO state (key, value) VALUES (?, ?) "

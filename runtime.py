@@ -198,10 +198,23 @@ class App:
             self.wake_sender()
 
 
+class WrongNetwork(Exception):
+    """The database holds the other Crypto Pay network's payments."""
+
+
 def build_app(config: Config, clock: Clock | None = None) -> App:
-    """Open (and migrate) the database and make the Crypto Pay client."""
+    """Open (and migrate) the database and make the Crypto Pay client. Raises WrongNetwork
+    when the database's payments are on the other network: testnet and mainnet never share
+    a database, so test payments never count as revenue."""
     database = Database(config.database_path)
     database.migrate()
+    network = database.claim_network(config.crypto_pay_network)
+    if network != config.crypto_pay_network:
+        database.close()
+        raise WrongNetwork(
+            f"the database {config.database_path} holds {network} payments and CRYPTO_PAY_NETWORK is "
+            f"{config.crypto_pay_network}: give each network a database of its own (DATABASE_PATH, e.g. "
+            f"data/clubbot-{config.crypto_pay_network}.db), so that test payments never count as revenue")
     return App(
         config=config,
         db=database,

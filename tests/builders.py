@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import itertools
 import json
+import time
 from typing import TYPE_CHECKING
 
-from conftest import CLUB_CHAT, START
+from conftest import ADMIN, CLUB_CHAT, START
+from fakes import chat_member
 from telebot import types
 
 from cryptopay import parse_invoice
@@ -55,13 +57,17 @@ def message(text: str | None, user_id: int = 501, lang: str | None = "en", *, se
     return {"message": body}
 
 
-def callback_query(data: str, user_id: int = 501, lang: str | None = "en", *, sender: dict | None = None) -> dict:
-    """A press of an inline button carrying `data`, under a message in the member's private chat."""
+def callback_query(data: str, user_id: int = 501, lang: str | None = "en", *, sender: dict | None = None,
+                   message: bool = True) -> dict:
+    """A press of an inline button carrying `data`, under a message in the member's private chat;
+    message=False: with no message, as Telegram sends one from an inline-mode message or from a
+    message the bot can no longer access."""
     sender = sender or person(user_id, lang)
-    return {"callback_query": {
-        "id": f"cb{next(_ids)}", "from": sender, "chat_instance": "ci", "data": data,
-        "message": {"message_id": next(_ids), "date": START, "chat": {"id": sender["id"], "type": "private"},
-                    "text": "x"}}}
+    query = {"id": f"cb{next(_ids)}", "from": sender, "chat_instance": "ci", "data": data}
+    if message:
+        query["message"] = {"message_id": next(_ids), "date": START,
+                            "chat": {"id": sender["id"], "type": "private"}, "text": "x"}
+    return {"callback_query": query}
 
 
 def join_request(user_id: int = 501, chat_id: int = CLUB_CHAT, lang: str | None = "en", *,
@@ -76,6 +82,17 @@ def group_upgraded(chat_id: int, to_chat_id: int, title: str = "Club", user_id: 
     """The service message a group sends when Telegram upgrades it to a supergroup."""
     return message(None, sender=person(user_id, None, "Owner", None),
                    chat={"id": chat_id, "type": "group", "title": title}, migrate_to_chat_id=to_chat_id)
+
+
+def bot_status(chat_id: int = CLUB_CHAT, title: str = "Club", chat_type: str = "supergroup",
+               status: str = "administrator", by: int = ADMIN, **rights: bool) -> dict:
+    """The bot's own status changed in a chat (my_chat_member), as Telegram reports it now: made an
+    administrator there with every right it needs unless `rights` says otherwise
+    (can_restrict_members=False, ...), or another `status` ("member", "left")."""
+    new = {**chat_member(777, status), **rights}  # 777: the fake bot's own id
+    return {"my_chat_member": {
+        "chat": {"id": chat_id, "type": chat_type, "title": title}, "from": person(by, "en", "Owner"),
+        "date": int(time.time()), "old_chat_member": chat_member(777, "left"), "new_chat_member": new}}
 
 
 # --- Telegram: updates handed to the handlers in this process ---

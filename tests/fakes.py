@@ -116,6 +116,21 @@ class FakeServer:
         self.server.server_close()
 
 
+def chat_member(user_id: int, status: str) -> dict:
+    """A ChatMember as the Bot API gives it; an administrator has every right (777 is the bot)."""
+    member = {"user": {"id": user_id, "is_bot": user_id == 777, "first_name": "U"}, "status": status}
+    if status == "creator":
+        member["is_anonymous"] = False
+    if status == "kicked":
+        member["until_date"] = 0
+    if status == "administrator":
+        member.update(can_be_edited=False, is_anonymous=False, can_manage_chat=True, can_delete_messages=True,
+                      can_manage_video_chats=True, can_restrict_members=True, can_promote_members=False,
+                      can_change_info=True, can_invite_users=True, can_post_stories=False,
+                      can_edit_stories=False, can_delete_stories=False)
+    return member
+
+
 class FakeTelegram(FakeServer):
     """The Bot API at {url}/bot{token}/{method}."""
 
@@ -133,6 +148,8 @@ class FakeTelegram(FakeServer):
         self.owners: dict[int, int] = {}  # chat -> its owner's user id
         self.admins: dict[int, list[int]] = {}  # chat -> other admins' user ids
         self.rights_lost: set[int] = set()  # chats where the bot is no longer an admin
+        self.bot_rights: dict[int, dict] = {}  # chat -> the bot's admin rights there that differ
+        self.chat_types: dict[int, str] = {}  # chat -> its type; default "channel"
         self.statuses: dict[tuple[int, int], str] = {}  # (chat, user) -> "left", ...; default "member"
         self.migrated: dict[int, int] = {}  # a group upgraded to a supergroup: old id -> new id
         self.rate_limit: int | None = None  # calls allowed in any one second; beyond: 429
@@ -175,7 +192,8 @@ class FakeTelegram(FakeServer):
             result = {"id": 777, "is_bot": True, "first_name": "Club", "username": "club_test_bot"}
         elif method == "getChat":
             chat_id = int(params["chat_id"])
-            result = {"id": chat_id, "type": "channel", "title": self.chat_titles.get(chat_id, "Test Club"),
+            result = {"id": chat_id, "type": self.chat_types.get(chat_id, "channel"),
+                      "title": self.chat_titles.get(chat_id, "Test Club"),
                       "accent_color_id": 0, "max_reaction_count": 0}
         elif method == "sendMessage":
             with self.lock:
@@ -209,7 +227,7 @@ class FakeTelegram(FakeServer):
                 return 400, {"ok": False, "error_code": 400, "description": "Bad Request: chat not found"}
             people = [(self.owners.get(chat_id, 1), "creator"), (777, "administrator")]
             people += [(user, "administrator") for user in self.admins.get(chat_id, [])]
-            result = [self._member(user, status) for user, status in people]
+            result = [chat_member(user, status) for user, status in people]
         elif method == "getChatMember":
             chat_id, user_id = int(params["chat_id"]), int(params["user_id"])
             if user_id == 777:  # the bot itself
@@ -222,27 +240,15 @@ class FakeTelegram(FakeServer):
                 with self.lock:
                     banned = (chat_id, user_id) in self.banned
                 status = "kicked" if banned else self.statuses.get((chat_id, user_id), "member")
-            result = self._member(user_id, status)
+            result = chat_member(user_id, status)
+            if user_id == 777 and status == "administrator":
+                result.update(self.bot_rights.get(chat_id, {}))
         elif method == "createChatInviteLink":
             result = {"invite_link": f"https://t.me/+fake{next(self.link_ids)}",
                       "creator": {"id": 777, "is_bot": True, "first_name": "Club"},
                       "creates_join_request": True, "is_primary": False, "is_revoked": False,
                       "name": params.get("name")}
         return 200, {"ok": True, "result": result}
-
-    @staticmethod
-    def _member(user_id: int, status: str) -> dict:
-        member = {"user": {"id": user_id, "is_bot": user_id == 777, "first_name": "U"}, "status": status}
-        if status == "creator":
-            member["is_anonymous"] = False
-        if status == "kicked":
-            member["until_date"] = 0
-        if status == "administrator":
-            member.update(can_be_edited=False, is_anonymous=False, can_manage_chat=True, can_delete_messages=True,
-                          can_manage_video_chats=True, can_restrict_members=True, can_promote_members=False,
-                          can_change_info=True, can_invite_users=True, can_post_stories=False,
-                          can_edit_stories=False, can_delete_stories=False)
-        return member
 
     def _get_updates(self, params: dict) -> list[dict]:
         offset = int(params.get("offset") or 0)

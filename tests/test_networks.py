@@ -1,0 +1,47 @@
+"""Testnet and mainnet never share a database: test payments never count as revenue."""
+import pytest
+
+from runtime import WrongNetwork, build_app
+
+
+def test_a_database_keeps_the_network_it_was_first_started_on(make_config, tmp_path):
+    path = str(tmp_path / "club.db")
+    first = build_app(make_config(DATABASE_PATH=path, CRYPTO_PAY_NETWORK="testnet"))
+    first.db.close()
+    again = build_app(make_config(DATABASE_PATH=path, CRYPTO_PAY_NETWORK="testnet"))
+    assert again.db.claim_network("mainnet") == "testnet"
+    again.db.close()
+    with pytest.raises(WrongNetwork, match="holds testnet payments and CRYPTO_PAY_NETWORK is mainnet"):
+        build_app(make_config(DATABASE_PATH=path, CRYPTO_PAY_NETWORK="mainnet"))
+
+
+def test_a_database_from_before_takes_the_network_it_is_opened_with(make_config, tmp_path):
+    from db import Database
+
+    path = tmp_path / "old.db"
+    Database(path).migrate()  # as a version without the record left it
+    build_app(make_config(DATABASE_PATH=str(path), CRYPTO_PAY_NETWORK="mainnet")).db.close()
+    with pytest.raises(WrongNetwork, match="data/clubbot-testnet.db"):
+        build_app(make_config(DATABASE_PATH=str(path), CRYPTO_PAY_NETWORK="testnet"))
+
+
+def test_testnet_gets_a_database_of_its_own_unless_one_is_named(env):
+    import config
+
+    base = {k: v for k, v in env.items() if k != "DATABASE_PATH"}
+    assert config.load(base, env_file=None).database_path.name == "clubbot.db"
+    assert config.load({**base, "CRYPTO_PAY_NETWORK": "testnet"}, env_file=None).database_path.name == \
+        "clubbot-testnet.db"
+    named = config.load({**base, "CRYPTO_PAY_NETWORK": "testnet", "DATABASE_PATH": "x/test.db"}, env_file=None)
+    assert str(named.database_path).endswith("x/test.db")
+
+
+def test_an_owner_tool_on_the_other_networks_database_refuses_in_one_line(tmp_path, env):
+    from test_admin import run_cli
+
+    import config
+
+    build_app(config.load(env, env_file=None)).db.close()  # the database is made on mainnet...
+    code, out, err = run_cli(env | {"CRYPTO_PAY_NETWORK": "testnet"}, tmp_path, "stats")  # ...and opened on testnet
+    assert code == 1
+    assert err.strip().count("\n") == 0 and "holds mainnet payments and CRYPTO_PAY_NETWORK is testnet" in err
