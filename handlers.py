@@ -11,6 +11,7 @@ from telebot import TeleBot, types
 
 import admin
 import texts
+from access import check_rights, missing_rights
 from cryptopay import CryptoPayError
 from db import PRIORITY_NOW
 from kinds import Kind
@@ -35,6 +36,20 @@ def _reply(app: App, chat_id: int, text: str, **kwargs) -> None:
 
 
 def on_start(app: App, message: types.Message) -> None:
+    if _menu(app, message):
+        # The way in, again: the sender approves a waiting request or sends the links.
+        queue_way_in(app, message.from_user.id, app.now())
+        app.wake_sender()
+
+
+def on_text(app: App, message: types.Message) -> None:
+    """Plain text, not a command: the menu that /start shows, rather than silence."""
+    _menu(app, message)
+
+
+def _menu(app: App, message: types.Message) -> bool:
+    """The greeting and the plans as buttons (to renew, for a member with time left, who is
+    also told the status). True for such a member."""
     lang = _remember(app, message.from_user)
     now = app.now()
     expires_at = app.db.expires_at(message.from_user.id)
@@ -42,14 +57,11 @@ def on_start(app: App, message: types.Message) -> None:
     if expires_at and expires_at > now:
         text = texts.t(lang, "greeting_active", club=club, date=texts.format_date(expires_at, lang),
                        days_left=texts.days_left(expires_at, now, lang))
-        keyboard = plans_keyboard(app, lang, renew=True)
-        _reply(app, message.chat.id, text, reply_markup=keyboard)
-        # The way in, again: the sender approves a waiting request or sends the links.
-        queue_way_in(app, message.from_user.id, now)
-        app.wake_sender()
-        return
+        _reply(app, message.chat.id, text, reply_markup=plans_keyboard(app, lang, renew=True))
+        return True
     _reply(app, message.chat.id, texts.t(lang, "greeting", club=club),
            reply_markup=plans_keyboard(app, lang, renew=False))
+    return False
 
 
 def on_status(app: App, message: types.Message) -> None:
@@ -277,8 +289,37 @@ def on_chat_migrated(app: App, message: types.Message) -> None:
         app.follow_migration(message.chat.id, message.migrate_to_chat_id)
 
 
+def on_my_chat_member(app: App, update: types.ChatMemberUpdated) -> None:
+    """The bot's own status in a chat changed. In a club chat, its rights are checked now (the
+    admins hear of what is missing, as from the sweep); added elsewhere by an admin, the admins
+    are told the chat's id and title and what is missing, so that adding a chat needs no wizard.
+    Anyone else adding the bot to their group is only logged."""
+    chat, new = update.chat, update.new_chat_member
+    if chat.type == "private":
+        return  # a member blocked or unblocked the bot
+    if chat.id in app.club_chats():
+        check_rights(app, app.now())
+        return
+    if new.status not in ("administrator", "member", "creator", "restricted"):
+        return  # left or removed from a chat that is not the club's
+    adder = update.from_user.id if update.from_user else None
+    if adder not in app.config.admin_ids:
+        log.info("the bot was added to chat %s (%s) by %s, not an admin; nothing to do", chat.id, chat.type, adder)
+        return
+    missing = missing_rights(new, chat.type)
+    payload = {"chat_id": chat.id, "title": chat.title or "", "missing": missing}
+    now = app.now()
+    for admin_id in sorted(app.config.admin_ids):
+        app.db.enqueue(Kind.ADMIN_CHAT_ADDED, admin_id, payload, now, priority=PRIORITY_NOW,
+                       dedupe_key=f"chat_added:{chat.id}:{update.date}:{admin_id}")
+    log.info("the bot was added to chat %s \"%s\" by admin %s; missing rights: %s", chat.id, chat.title, adder,
+             ", ".join(missing) or "none")
+    app.wake_sender()
+
+
 def _guarded(app: App, handler):
-    """Run a handler; one failing update is logged, not fatal."""
+    """Run a handler; one failing update is logged, not fatal. tg.Stopping is no failure: it goes
+    on to the handler thread (updates.UpdatePoller), which leaves the update for the next start."""
     def run(update):
         try:
             handler(app, update)
@@ -300,8 +341,10 @@ def register_handlers(bot: TeleBot, app: App) -> None:
     bot.register_message_handler(
         _guarded(app, on_unknown_command), chat_types=private,
         func=lambda m: bool(m.text) and m.text.startswith("/"))
+    bot.register_message_handler(_guarded(app, on_text), chat_types=private)  # text, after every command
     bot.register_callback_query_handler(_guarded(app, on_plan), func=lambda c: (c.data or "").startswith("plan:"))
     bot.register_callback_query_handler(_guarded(app, on_check), func=lambda c: (c.data or "").startswith("check:"))
     bot.register_message_handler(_guarded(app, on_chat_migrated), content_types=["migrate_to_chat_id"],
                                  chat_types=["group"])
     bot.register_chat_join_request_handler(_guarded(app, on_join_request), func=lambda r: True)
+    bot.register_my_chat_member_handler(_guarded(app, on_my_chat_member), func=lambda u: True)

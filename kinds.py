@@ -25,6 +25,7 @@ class Kind(StrEnum):
     BROADCAST_STARTED = "broadcast_started"  # the progress message
     ADMIN_MISMATCH = "admin_mismatch"
     ADMIN_RIGHTS = "admin_rights"
+    ADMIN_CHAT_ADDED = "admin_chat_added"
     ADMIN_TOKEN = "admin_token"
     ADMIN_WEBHOOK = "admin_webhook"
     ADMIN_WEBHOOK_UNUSABLE = "admin_webhook_unusable"

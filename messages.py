@@ -187,6 +187,16 @@ def admin_rights(ctx: Context, admin_id: int, payload: dict) -> None:
     ctx.send(admin_id, message)
 
 
+def admin_chat_added(ctx: Context, admin_id: int, payload: dict) -> None:
+    """The bot was added to a chat that is not a club chat (yet): its id, for CLUB_CHAT_IDS."""
+    lang = member_language(ctx.app, admin_id)
+    missing = payload["missing"]
+    rights = (texts.t(lang, "chat_added_rights_missing", missing=", ".join(texts.t(lang, key) for key in missing))
+              if missing else texts.t(lang, "chat_added_rights_ok"))
+    ctx.send(admin_id, texts.t(lang, "chat_added", title=payload["title"] or "?", chat_id=payload["chat_id"],
+                               rights=rights))
+
+
 def admin_token(ctx: Context, admin_id: int, payload: dict) -> None:
     lang = member_language(ctx.app, admin_id)
     if payload["bad"]:

@@ -5,6 +5,7 @@ import logging
 import sqlite3
 from dataclasses import dataclass
 
+import texts
 from config import Config, Plan
 from cryptopay import CryptoPayError, UnreadableInvoice
 from db import Outcome
@@ -123,7 +124,7 @@ def buy(app: App, user_id: int, plan: Plan, plan_title: str) -> Purchase:
         expires_at = app.db.claim_trial(user_id, plan.id, plan.duration, now)
         if expires_at is None:
             return Purchase(trial_refused=True)
-        log.info("trial started: member %s, plan %s, until %s", user_id, plan.id, expires_at)
+        log.info("trial started: member %s, plan %s, until %s", user_id, plan.id, texts.log_date(expires_at))
         app.wake_sender()
         return Purchase(trial_expires_at=expires_at)
     if app.bot_username is None and app.bot is not None:
@@ -257,7 +258,7 @@ def log_applied(outcome: Outcome, invoice_id: int, cause: str, user_id: int | No
     """One line for what a payment did; `arrival` (the webhook's own part) begins the same line."""
     if outcome is Outcome.APPLIED:
         to.info("%spayment processed: invoice %s by %s; subscription activated: member %s until %s",
-                arrival, invoice_id, cause, user_id, expires_at)
+                arrival, invoice_id, cause, user_id, texts.log_date(expires_at))
     elif outcome is Outcome.DUPLICATE:
         to.info("%spayment already applied: invoice %s (%s)", arrival, invoice_id, cause)
     elif outcome is Outcome.MISMATCH:

@@ -5,7 +5,6 @@ UTC, written out the way each language writes them.
 """
 from __future__ import annotations
 
-import math
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -63,6 +62,9 @@ TEXTS: dict[str, dict[str, str]] = {
         "join_request_plans": "To join {chat}, you need a membership. Choose a plan, and your request will be approved as soon as you pay:",
         "reminder": "Your membership ends on {date} ({days_left}). Renew now and the time adds up:",
         "expired_notice": "Your membership has ended, so you have been removed from {chats}. To come back, choose a plan; you will be let in again as soon as you pay:",
+        "chat_added": "The bot was added to {title} (id {chat_id}). {rights} To sell access to it, add {chat_id} to CLUB_CHAT_IDS in .env and restart ClubBot.",
+        "chat_added_rights_ok": "Its rights there are enough: it can invite and remove members.",
+        "chat_added_rights_missing": "It still needs: {missing}.",
         "admin_rights_lost": "The bot has lost its rights in {chat}: {missing}. Until it is an admin there with the rights to invite users and ban users, it can neither let members in nor remove them.",
         "admin_rights_back": "The bot's rights in {chat} are back. Removals missed meanwhile are being done now.",
         "right_admin": "it is not an admin",
@@ -100,7 +102,9 @@ TEXTS: dict[str, dict[str, str]] = {
         "admin_alert_invoice_unreadable": "Crypto Pay returns invoice {invoice_id} (member {user_id}) in a form ClubBot cannot read ({error}). It stays pending and is asked about again at every poll: if it was paid, the member gets access as soon as it reads correctly.",
         "days_left_one": "{n} day left",
         "days_left_many": "{n} days left",
-        "days_left_less": "less than a day left",
+        "hours_left_one": "{n} hour left",
+        "hours_left_many": "{n} hours left",
+        "hours_left_less": "less than an hour left",
         "duration_days_one": "{n} day",
         "duration_days_many": "{n} days",
         "duration_hours_one": "{n} hour",
@@ -159,6 +163,9 @@ TEXTS: dict[str, dict[str, str]] = {
         "join_request_plans": "Чтобы вступить в {chat}, нужна подписка. Выберите тариф — заявка будет одобрена сразу после оплаты:",
         "reminder": "Ваша подписка заканчивается {date} ({days_left}). Продлите сейчас, и время сложится:",
         "expired_notice": "Ваша подписка закончилась, поэтому вы удалены из {chats}. Чтобы вернуться, выберите тариф — вас впустят сразу после оплаты:",
+        "chat_added": "Бота добавили в {title} (id {chat_id}). {rights} Чтобы продавать доступ туда, добавьте {chat_id} в CLUB_CHAT_IDS в .env и перезапустите ClubBot.",
+        "chat_added_rights_ok": "Прав там достаточно: он может приглашать и удалять участников.",
+        "chat_added_rights_missing": "Ему ещё нужно: {missing}.",
         "admin_rights_lost": "Бот потерял права в {chat}: {missing}. Пока он не станет там администратором с правами приглашать и блокировать пользователей, он не может ни впускать участников, ни удалять их.",
         "admin_rights_back": "Права бота в {chat} восстановлены. Пропущенные удаления выполняются сейчас.",
         "right_admin": "он не администратор",
@@ -197,7 +204,10 @@ TEXTS: dict[str, dict[str, str]] = {
         "days_left_one": "остался {n} день",
         "days_left_few": "осталось {n} дня",
         "days_left_many": "осталось {n} дней",
-        "days_left_less": "осталось меньше суток",
+        "hours_left_one": "остался {n} час",
+        "hours_left_few": "осталось {n} часа",
+        "hours_left_many": "осталось {n} часов",
+        "hours_left_less": "осталось меньше часа",
         "duration_days_one": "{n} день",
         "duration_days_few": "{n} дня",
         "duration_days_many": "{n} дней",
@@ -269,10 +279,22 @@ def format_date(timestamp: int, lang: str) -> str:
 
 
 def days_left(expires_at: int, now: int, lang: str) -> str:
+    """The time a membership has left, counted one way wherever it is shown: days from 2 days
+    up, hours below, each rounded to the nearest. Rounded, not cut down: the activation message
+    and a /status a second later both say "30 days" of a 30-day plan, and a reminder queued
+    3 days before the end says 3 days even when it goes out a minute later."""
     seconds = min(expires_at, _LAST_SECOND) - now  # counted to the last date format_date shows
-    if not seconds >= 86400:  # NaN included
-        return t(lang, "days_left_less")
-    return counted(lang, "days_left", math.floor(seconds / 86400))
+    if not seconds >= 1800:  # NaN included
+        return t(lang, "hours_left_less")
+    hours = int((seconds + 1800) // 3600)  # int(): an old row may hold a REAL
+    if hours < 48:
+        return counted(lang, "hours_left", hours)
+    return counted(lang, "days_left", int((seconds + 43200) // 86400))
+
+
+def log_date(timestamp: int) -> str:
+    """A moment as the log lines write it, e.g. '2026-12-28 14:03 UTC' (an expiry, not epoch seconds)."""
+    return f"{utc(timestamp):%Y-%m-%d %H:%M} UTC"
 
 
 def duration_text(seconds: int, lang: str) -> str:
