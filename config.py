@@ -22,7 +22,9 @@ REQUIRED = object()
 FIAT_CURRENCIES = frozenset(
     "USD EUR RUB BYN UAH GBP CNY KZT UZS GEL TRY AMD THB INR BRL IDR AZN AED PLN ILS KGS TJS".split()
 )
-TESTNET_DATABASE = "data/clubbot-testnet.db"  # DATABASE_PATH's default on testnet
+# What setup writes as DATABASE_PATH on testnet: test payments in a database of their own
+# (a database refuses the other network: runtime.build_app).
+TESTNET_DATABASE = "data/clubbot-testnet.db"
 NETWORK_URLS = {
     "mainnet": "https://pay.crypt.bot/api",
     "testnet": "https://testnet-pay.crypt.bot/api",
@@ -307,7 +309,7 @@ SETTINGS: dict[str, tuple[Callable[[str], Any], Any]] = {
     "WEBHOOK_PORT": (_port, "8000"),
     "WEBHOOK_URL": (_webhook_url, ""),
     "TRUSTED_PROXY": (_trusted_proxy, "127.0.0.1"),
-    "DATABASE_PATH": (_path, "data/clubbot.db"),  # TESTNET_DATABASE on testnet
+    "DATABASE_PATH": (_path, "data/clubbot.db"),
     "LOG_FILE": (_path, "logs/clubbot.log"),
     "LOG_LEVEL": (_log_level, "INFO"),
     "POLL_INTERVAL": (_duration(1, MAX_INTERVAL), "30s"),
@@ -457,7 +459,4 @@ def load(environ: dict[str, str] | None = None, env_file: Path | str | None = ".
             raise ConfigError(name, str(exc)) from None
     if not values["crypto_pay_api_url"]:
         values["crypto_pay_api_url"] = NETWORK_URLS[values["crypto_pay_network"]]
-    if values["crypto_pay_network"] == "testnet" and "DATABASE_PATH" not in environ.keys() | file_values.keys():
-        # Test payments in a database of their own: they never count as revenue (runtime.build_app).
-        values["database_path"] = _path(TESTNET_DATABASE)
     return Config(**values)

@@ -28,7 +28,7 @@ import config as config_module
 import files
 import texts
 from access import missing_rights
-from config import NETWORK_URLS, SETTINGS, Config, ConfigError, Plan, format_duration, parse_duration
+from config import NETWORK_URLS, SETTINGS, TESTNET_DATABASE, Config, ConfigError, Plan, format_duration, parse_duration
 from cryptopay import CryptoPay, CryptoPayError
 from tg import CONNECT_TIMEOUT, READ_TIMEOUT, classify, make_bot, migrated_to
 
@@ -46,7 +46,7 @@ WATCHED_UPDATES = ["message", "my_chat_member"]
 STEPS = 6
 # The settings setup writes, in the order a new .env lists them; other lines of a .env are kept.
 WRITTEN = ("BOT_TOKEN", "CRYPTO_PAY_TOKEN", "CRYPTO_PAY_NETWORK", "CLUB_CHAT_IDS", "PLANS", "ADMIN_IDS",
-           "WEBHOOK_URL")
+           "WEBHOOK_URL", "DATABASE_PATH")
 HEADER = (
     "# ClubBot settings, written by `python clubbot.py setup` (run it again to change them).",
     "# The environment wins over this file; it also works as a systemd EnvironmentFile=.",
@@ -128,6 +128,7 @@ def _setup(args: argparse.Namespace, check: Callable[[Config], int], path: Path,
     telegram.done_reading()
     step(4, "Crypto Pay")
     values.update(_step_crypto(terminal, args, kept))
+    values.update(_network_database(values["CRYPTO_PAY_NETWORK"], kept))
     step(5, "Plans and the domain")
     values["PLANS"] = _step_plans(terminal, args, kept)
     values["WEBHOOK_URL"] = _step_domain(terminal, args, kept)
@@ -138,6 +139,17 @@ def _setup(args: argparse.Namespace, check: Callable[[Config], int], path: Path,
     say(f"{path} written " + ("(readable by you only)." if mode == files.PRIVATE_FILE
                               else f"(mode {mode:o}: its group may read it, as before)."))
     return _finish(path, values, check)
+
+
+def _network_database(network: str, kept: dict[str, str]) -> dict[str, str]:
+    """DATABASE_PATH for the network: testnet's payments in a database of their own, so that
+    they never count as revenue (a database refuses the other network); an owner's own path kept."""
+    current = kept.get("DATABASE_PATH")
+    if network == "testnet" and current is None:
+        return {"DATABASE_PATH": TESTNET_DATABASE}
+    if network == "mainnet" and current == TESTNET_DATABASE:
+        return {"DATABASE_PATH": SETTINGS["DATABASE_PATH"][1]}
+    return {}
 
 
 def step(number: int, title: str) -> None:
@@ -160,7 +172,7 @@ def _finish(path: Path, values: dict[str, str], check: Callable[[Config], int]) 
     except ConfigError as exc:
         say(f"ClubBot does not start with {path} as it is: {exc}")
         return 1
-    overridden = [name for name in WRITTEN if os.environ.get(name, values[name]) != values[name]]
+    overridden = [name for name in WRITTEN if name in values and os.environ.get(name, values[name]) != values[name]]
     if overridden:
         say(f"Note: the environment sets {', '.join(overridden)}, and the environment wins over {path}: "
             f"check and ClubBot use its values.")

@@ -25,15 +25,15 @@ def test_a_database_from_before_takes_the_network_it_is_opened_with(make_config,
         build_app(make_config(DATABASE_PATH=str(path), CRYPTO_PAY_NETWORK="testnet"))
 
 
-def test_testnet_gets_a_database_of_its_own_unless_one_is_named(env):
+def test_the_database_path_does_not_move_with_the_network(env):
+    """An owner already on testnet keeps the database they have: nothing is left behind by an
+    upgrade. A new testnet setup gets its own (setup writes DATABASE_PATH: test_wizard.py)."""
     import config
 
     base = {k: v for k, v in env.items() if k != "DATABASE_PATH"}
-    assert config.load(base, env_file=None).database_path.name == "clubbot.db"
-    assert config.load({**base, "CRYPTO_PAY_NETWORK": "testnet"}, env_file=None).database_path.name == \
-        "clubbot-testnet.db"
-    named = config.load({**base, "CRYPTO_PAY_NETWORK": "testnet", "DATABASE_PATH": "x/test.db"}, env_file=None)
-    assert str(named.database_path).endswith("x/test.db")
+    for network in ("mainnet", "testnet"):
+        assert str(config.load({**base, "CRYPTO_PAY_NETWORK": network}, env_file=None).database_path) \
+            .endswith("data/clubbot.db")
 
 
 def test_an_owner_tool_on_the_other_networks_database_refuses_in_one_line(tmp_path, env):

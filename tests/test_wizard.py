@@ -93,6 +93,7 @@ def test_it_takes_an_owner_from_nothing_to_a_plan_sold(here, telegram, cryptopay
     written = config_module.load({}, env_file=here / ".env")
     assert (written.admin_ids, written.club_chat_ids, written.crypto_pay_network) == ({ADMIN}, (CLUB_CHAT,), "testnet")
     assert written.webhook_url == ""
+    assert str(written.database_path).endswith("data/clubbot-testnet.db")  # test payments kept apart
     # ClubBot, started from that .env (the fakes' URLs and a quick poller from the environment):
     process = start_process([CLUBBOT], {"TELEGRAM_API_URL": telegram.url, "CRYPTO_PAY_API_URL": cryptopay.api_url,
                                         "WEBHOOK_PORT": str(free_port()), "POLL_INTERVAL": "1s"}, here)
@@ -370,3 +371,13 @@ def test_the_command_runs_from_an_empty_folder(here, telegram, cryptopay):
                              capture_output=True, text=True, timeout=60)
     assert process.returncode == 0, process.stderr
     assert config_module.load({}, env_file=here / ".env").club_chat_ids == (CLUB_CHAT,)
+
+
+def test_switching_to_mainnet_on_a_rerun_leaves_the_testnet_database_behind(here, telegram, cryptopay, capsys):
+    given = ("--admin-id", str(ADMIN), "--chat-id", str(CLUB_CHAT))
+    assert setup(capsys, *unattended(*given)).code == 0
+    assert settings(here / ".env")["DATABASE_PATH"] == "data/clubbot-testnet.db"
+    result = setup(capsys, *[a if a != "testnet" else "mainnet" for a in unattended(*given)])
+    assert result.code == 0, result.out + result.err
+    assert settings(here / ".env")["DATABASE_PATH"] == "data/clubbot.db"
+    assert settings(here / ".env")["CRYPTO_PAY_NETWORK"] == "mainnet"
