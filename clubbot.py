@@ -274,11 +274,15 @@ def _check_heartbeats(config: Config, report: Callable[[bool, str], None]) -> No
     database = Database(config.database_path)
     try:
         beats = read_shared(database, time.time())
+        network = database.network()
     except sqlite3.Error as exc:
         report(False, f"database {config.database_path}: {exc}")
         return
     finally:
         database.close()
+    if network is not None and network != config.crypto_pay_network:
+        report(False, f"database {config.database_path} holds {network} payments and CRYPTO_PAY_NETWORK is "
+                      f"{config.crypto_pay_network}: give each network a database of its own (DATABASE_PATH)")
     if not beats:
         print("note  no running bot found (it writes signs of life to the database while it runs)")
     for beat in beats:

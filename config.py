@@ -380,6 +380,8 @@ def read_env_file(path: Path) -> dict[str, str]:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise ConfigError(str(path), "is not UTF-8 text") from None
+    except OSError as exc:  # unreadable by this user, say: one line, as for any other mistake
+        raise ConfigError(str(path), f"cannot be read: {exc.strerror or exc}") from None
     values: dict[str, str] = {}
     for number, raw in enumerate(text.split("\n"), 1):
         where, line = f"{path}:{number}", raw.strip(_ENV_SPACE)

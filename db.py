@@ -469,6 +469,11 @@ class Database:
                 enqueue(tx, kind, admin_id, {**payload, "bad": bad}, now, PRIORITY_NOW)
             return True
 
+    def network(self) -> str | None:
+        """The network claim_network recorded; None before the first start."""
+        row = self.connect().execute("SELECT value FROM state WHERE key = 'network'").fetchone()
+        return row[0] if row else None
+
     def claim_network(self, network: str) -> str:
         """The Crypto Pay network this database's payments are on: recorded by the first start
         (an older database takes the network it is opened with), never changed after."""

@@ -311,7 +311,9 @@ def on_my_chat_member(app: App, update: types.ChatMemberUpdated) -> None:
     now = app.now()
     for admin_id in sorted(app.config.admin_ids):
         app.db.enqueue(Kind.ADMIN_CHAT_ADDED, admin_id, payload, now, priority=PRIORITY_NOW,
-                       dedupe_key=f"chat_added:{chat.id}:{update.date}:{admin_id}")
+                       # Each change once (a restart handles an update again); "added", then
+                       # "promoted" in the same second, are two changes.
+                       dedupe_key=f"chat_added:{chat.id}:{update.date}:{new.status}:{','.join(missing)}:{admin_id}")
     log.info("the bot was added to chat %s \"%s\" by admin %s; missing rights: %s", chat.id, chat.title, adder,
              ", ".join(missing) or "none")
     app.wake_sender()

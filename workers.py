@@ -94,10 +94,10 @@ class Poller:
                 delay = min(interval * 2 ** failures, max(interval, 300))
                 log.warning("poller: Crypto Pay failed (%s); next try in %ss", exc, delay)
                 continue
-            except Exception:
+            except Exception:  # the database, say: backed off as Crypto Pay is, not a traceback a second
                 failures += 1
-                delay = interval
-                log.exception("poller: unexpected failure")
+                delay = min(interval * 2 ** failures, max(interval, 300))
+                log.exception("poller: unexpected failure; next try in %ss", delay)
                 continue
             if failures:
                 log.info("poller: Crypto Pay answers again")

@@ -52,3 +52,14 @@ def test_the_bot_losing_a_right_in_a_club_chat_is_checked_at_once(app, telegram)
     feed(app.bot, bot_status(CLUB_CHAT, "Club", status="member", by=4242))
     [text] = sent_to_admin(app, telegram)
     assert "lost its rights" in text
+
+
+def test_added_then_given_the_missing_right_in_the_same_second_tells_both(app, telegram):
+    register_handlers(app.bot, app)
+    english_admin(app)
+    added = bot_status(OTHER_CHAT, "VIP lounge", can_invite_users=False)
+    promoted = bot_status(OTHER_CHAT, "VIP lounge")
+    promoted["my_chat_member"]["date"] = added["my_chat_member"]["date"]
+    feed(app.bot, added, promoted)
+    texts = sent_to_admin(app, telegram)
+    assert len(texts) == 2 and "still needs" in texts[0] and "enough" in texts[1]

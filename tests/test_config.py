@@ -194,3 +194,23 @@ def test_the_example_env_reads_as_systemd_would_and_says_where_the_database_is(m
     values = config_module.read_env_file(example)
     make_config(WEBHOOK_URL=values["WEBHOOK_URL"])  # no placeholder that start-up refuses
     assert "\n# DATABASE_PATH=/var/lib/clubbot/clubbot.db\n" in example.read_text(encoding="utf-8")
+
+
+def test_an_env_file_this_user_cannot_read_is_one_line(tmp_path, monkeypatch):
+    """A .env left root-only (by `sudo ... setup`, say), read by the service's user."""
+    from pathlib import Path
+
+    import config
+
+    env_file = tmp_path / ".env"
+    env_file.write_text("BOT_TOKEN=1\n")
+    real = Path.read_text
+
+    def refused(self, *args, **kwargs):
+        if self == env_file:
+            raise PermissionError(13, "Permission denied")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", refused)
+    with pytest.raises(config.ConfigError, match="cannot be read: Permission denied"):
+        config.read_env_file(env_file)

@@ -45,3 +45,13 @@ def test_an_owner_tool_on_the_other_networks_database_refuses_in_one_line(tmp_pa
     code, out, err = run_cli(env | {"CRYPTO_PAY_NETWORK": "testnet"}, tmp_path, "stats")  # ...and opened on testnet
     assert code == 1
     assert err.strip().count("\n") == 0 and "holds mainnet payments and CRYPTO_PAY_NETWORK is testnet" in err
+
+
+def test_check_on_the_other_networks_database_fails_naming_it(tmp_path, env):
+    import config
+    from test_admin import run_cli
+
+    build_app(config.load(env, env_file=None)).db.close()  # made on mainnet
+    code, out, _ = run_cli(env | {"CRYPTO_PAY_NETWORK": "testnet"}, tmp_path, "check")
+    assert code == 1
+    assert "holds mainnet payments and CRYPTO_PAY_NETWORK is testnet" in out and "FAIL" in out

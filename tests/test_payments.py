@@ -170,6 +170,26 @@ def test_the_poller_backs_off_while_crypto_pay_is_down(app, cryptopay, monkeypat
     assert waits[1:5] == [2, 4, 8, 16]  # POLL_INTERVAL=1s, doubling while Crypto Pay fails
 
 
+def test_the_poller_backs_off_on_an_unexpected_failure_too(app, monkeypatch):
+    """A locked database or a full disk, every POLL_INTERVAL (3 s without a webhook), would fill
+    the log with tracebacks: it waits longer each time, as for Crypto Pay."""
+    import workers
+
+    monkeypatch.setattr(workers, "poll_once", lambda app, watch: (_ for _ in ()).throw(OSError("disk full")))
+    waits = []
+    original_wait = app.stop.wait
+
+    def recording_wait(delay=None):
+        waits.append(delay)
+        if len(waits) >= 5:
+            app.stop.set()
+        return original_wait(0)
+
+    monkeypatch.setattr(app.stop, "wait", recording_wait)
+    Poller(app).run()
+    assert waits[1:5] == [2, 4, 8, 16]
+
+
 def test_crypto_pay_errors_carry_the_name_and_http_status():
     client = CryptoPay("https://pay.example.test/api", "1234:TESTTOKEN")
     with responses.RequestsMock() as mock:
