@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import grp
+import json
 import math
 import os
+import pwd
 import re
+import secrets
+import sqlite3
 import stat
 import sys
 import time
@@ -31,6 +36,7 @@ from access import missing_rights
 from config import NETWORK_URLS, SETTINGS, TESTNET_DATABASE, Config, ConfigError, Plan, format_duration, parse_duration
 from cryptopay import CryptoPay, CryptoPayError
 from tg import CONNECT_TIMEOUT, READ_TIMEOUT, classify, make_bot, migrated_to
+from updates import ALLOWED_UPDATES
 
 T = TypeVar("T")
 
@@ -43,6 +49,9 @@ RETRY_SECONDS = 2  # between two getUpdates that failed
 STALE_SECONDS = 60
 MAX_KEPT_UPDATES = 500
 WATCHED_UPDATES = ["message", "my_chat_member"]
+# The one-time code of the link that makes its opener the first admin: 16 characters of
+# [A-Za-z0-9_-], as Telegram takes them after ?start= (64 at most).
+START_CODE_BYTES = 12
 STEPS = 6
 # The settings setup writes, in the order a new .env lists them; other lines of a .env are kept.
 WRITTEN = ("BOT_TOKEN", "CRYPTO_PAY_TOKEN", "CRYPTO_PAY_NETWORK", "CLUB_CHAT_IDS", "PLANS", "ADMIN_IDS",
@@ -53,8 +62,9 @@ HEADER = (
     "# Every setting is in README.md (Configuration).",
 )
 # ClubBot's .env reader and systemd's EnvironmentFile= read these differently (an inline
-# comment, quotes, escapes), so no value setup writes may hold them.
-UNSAFE = re.compile(r"[#'\"\\\x00-\x1f\x7f]")
+# comment, quotes, escapes), so no value setup writes may hold them; nor the other line breaks
+# some tools split lines at (C1 controls as U+0085, U+2028, U+2029), nor any control character.
+UNSAFE = re.compile(r"[#'\"\\\x00-\x1f\x7f-\x9f\u2028\u2029]")
 ENV_KEY = re.compile(r"\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=")
 DOMAIN = re.compile(r"(?=.{1,253}$)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z][a-z0-9-]{0,62}")
 # The same rights as access.missing_rights, by the names Telegram's apps give them.
@@ -101,19 +111,28 @@ def run(args: argparse.Namespace, check: Callable[[Config], int]) -> int:
     """`clubbot.py setup`: 0 when `.env` is written and `check(config)` passes on it, 1 when setup
     cannot go on (one line) or check finds a problem, 130 on Ctrl-C."""
     path = Path(args.env_file)
-    written: list[bool] = []
+    written: list[os.stat_result] = []  # the new file, once setup writes it
     try:
         return _setup(args, check, path, written)
     except SetupError as exc:
         print(f"setup: {exc}", file=sys.stderr, flush=True)
         return 1
     except KeyboardInterrupt:
-        print(f"\nsetup stopped; {path} was written, run `python clubbot.py check`" if written
+        print(f"\nsetup stopped; {path} was written, run `python clubbot.py check`" if is_written(path, written)
               else "\nsetup stopped; nothing was written", file=sys.stderr, flush=True)
         return 130
 
 
-def _setup(args: argparse.Namespace, check: Callable[[Config], int], path: Path, written: list[bool]) -> int:
+def is_written(path: Path, written: list[os.stat_result]) -> bool:
+    """Whether `path` is the file setup wrote: renamed into place, however soon Ctrl-C came after."""
+    try:
+        return bool(written) and os.path.samestat(os.stat(path), written[0])
+    except OSError:
+        return False
+
+
+def _setup(args: argparse.Namespace, check: Callable[[Config], int], path: Path,
+           written: list[os.stat_result]) -> int:
     terminal = Terminal(unattended=args.yes)
     seconds = wait_seconds(args.wait)
     kept, lines, database = _prepare(path, terminal)
@@ -124,32 +143,87 @@ def _setup(args: argparse.Namespace, check: Callable[[Config], int], path: Path,
     step(2, "You, the first admin")
     values["ADMIN_IDS"] = _step_admins(terminal, args, kept, telegram, seconds)
     step(3, "The club chats")
-    values["CLUB_CHAT_IDS"] = _step_chats(terminal, args, kept, telegram, seconds)
+    admins = {int(admin) for admin in values["ADMIN_IDS"].split(",")}
+    values["CLUB_CHAT_IDS"] = _step_chats(terminal, args, kept, telegram, seconds, admins)
     telegram.done_reading()
     step(4, "Crypto Pay")
     values.update(_step_crypto(terminal, args, kept))
-    values.update(_network_database(values["CRYPTO_PAY_NETWORK"], kept))
+    values.update(_network_database(path, values["CRYPTO_PAY_NETWORK"], kept))
     step(5, "Plans and the domain")
     values["PLANS"] = _step_plans(terminal, args, kept)
     values["WEBHOOK_URL"] = _step_domain(terminal, args, kept)
     step(6, f"Writing {path} and checking it")
-    write_env(path, database, render(lines, values))
-    written.append(True)
-    mode = stat.S_IMODE(os.stat(path).st_mode)
-    say(f"{path} written " + ("(readable by you only)." if mode == files.PRIVATE_FILE
-                              else f"(mode {mode:o}: its group may read it, as before)."))
+    write_env(path, database, render(lines, values), written)
+    info = os.stat(path)
+    mode = stat.S_IMODE(info.st_mode)
+    if mode != files.PRIVATE_FILE:
+        say(f"{path} written (mode {mode:o}: its group may read it, as before).")
+    else:
+        say(f"{path} written (readable by " + ("you only)." if info.st_uid == os.geteuid()
+                                               else f"{user_name(info.st_uid)} only, as before)."))
     return _finish(path, values, check)
 
 
-def _network_database(network: str, kept: dict[str, str]) -> dict[str, str]:
-    """DATABASE_PATH for the network: testnet's payments in a database of their own, so that
-    they never count as revenue (a database refuses the other network); an owner's own path kept."""
+def _network_database(path: Path, network: str, kept: dict[str, str]) -> dict[str, str]:
+    """DATABASE_PATH for the network, to be written ({} when .env's stays): testnet's payments in a
+    database of their own, so that they never count as revenue, yet an owner's database is never
+    left behind for an empty one; an owner's own path kept. SetupError when the database .env would
+    name holds the other network's payments (ClubBot would refuse to start with it)."""
+    default = SETTINGS["DATABASE_PATH"][1]
     current = kept.get("DATABASE_PATH")
+    in_use = current or default  # the database ClubBot ran with until now...
+    before = kept.get("CRYPTO_PAY_NETWORK") or SETTINGS["CRYPTO_PAY_NETWORK"][1]  # ...on this network
+
+    def holds(database: str) -> str | None:
+        return held_network(path, database, before if database == in_use else None)
+
+    change: dict[str, str] = {}
     if network == "testnet" and current is None:
-        return {"DATABASE_PATH": TESTNET_DATABASE}
-    if network == "mainnet" and current == TESTNET_DATABASE:
-        return {"DATABASE_PATH": SETTINGS["DATABASE_PATH"][1]}
-    return {}
+        # The default database, once it exists, is kept: the owner's on testnet already (setup
+        # wrote no DATABASE_PATH before), or one no payment was made with; mainnet's is left alone.
+        if not database_file(path, default).exists() or holds(default) == "mainnet":
+            change = {"DATABASE_PATH": TESTNET_DATABASE}
+    elif network == "mainnet" and current == TESTNET_DATABASE:
+        change = {"DATABASE_PATH": default}
+    chosen = change.get("DATABASE_PATH", in_use)
+    held = holds(chosen)
+    if held not in (None, network):
+        what = "payments of an unrecorded network" if held == "unknown" else f"{held} payments"
+        raise SetupError(f"the database {chosen} holds {what}, and ClubBot does not use it for {network}: "
+                         f"set DATABASE_PATH=data/clubbot-{network}.db (a database of its own) in {path}, "
+                         f"then run setup again")
+    return change
+
+
+def database_file(path: Path, database: str) -> Path:
+    """Where DATABASE_PATH `database` is for ClubBot run beside .env at `path` (it reads the .env
+    of the folder it runs in, and a relative DATABASE_PATH from there)."""
+    return Path(os.path.abspath(path)).parent / database
+
+
+def held_network(path: Path, database: str, ran_with: str | None = None) -> str | None:
+    """The network whose payments DATABASE_PATH `database` holds: the one ClubBot recorded at its
+    first start (db.claim_network); for payments made before networks were recorded, `ran_with`
+    (the network ClubBot used it with), else "unknown"; None when there is no such file or it holds
+    no payment (either network may take it)."""
+    file = database_file(path, database)
+    if not file.is_file():
+        return None
+    try:
+        connection = sqlite3.connect(f"{file.as_uri()}?mode=ro", uri=True, timeout=5)
+        try:
+            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            recorded = (connection.execute("SELECT value FROM state WHERE key = 'network'").fetchone()
+                        if "state" in tables else None)
+            paid = ("invoices" in tables
+                    and connection.execute("SELECT EXISTS (SELECT 1 FROM invoices)").fetchone()[0])
+        finally:
+            connection.close()
+    except sqlite3.Error as exc:
+        raise SetupError(f"cannot read the database {database} ({file}): {exc}") from None
+    if recorded:
+        return recorded[0]
+    return (ran_with or "unknown") if paid else None
 
 
 def step(number: int, title: str) -> None:
@@ -383,8 +457,10 @@ class Telegram:
             return
         try:
             # Telegram's timeout=0, sent directly: apihelper turns a long poll of 0 into 10 s.
+            # Telegram keeps the last allowed_updates it was given: ClubBot's own, not setup's fewer.
             requests.get(f"{self.api_url}/bot{self.token}/getUpdates", timeout=(CONNECT_TIMEOUT, READ_TIMEOUT),
-                         params={"offset": self.offset, "limit": 1, "timeout": 0}).raise_for_status()
+                         params={"offset": self.offset, "limit": 1, "timeout": 0,
+                                 "allowed_updates": json.dumps(ALLOWED_UPDATES)}).raise_for_status()
         except requests.RequestException:
             pass  # the running bot then sees them once more: a greeting, a note to the admins
 
@@ -399,27 +475,52 @@ def _step_admins(terminal: Terminal, args: argparse.Namespace, kept: dict[str, s
     admins = kept_or_wait(terminal, "Admin user ids", "--admin-id", "ADMIN_IDS", kept)
     if admins is not None:
         return admins
-    say(f"Send /start to {telegram.name} (https://t.me/{telegram.username}) from your own Telegram account:\n"
-        f"whoever sends it becomes the bot's first admin.")
+    code = new_start_code()
+    say(f"Open this link in Telegram, signed in as yourself (or send /start {code} to {telegram.name}):\n"
+        f"  https://t.me/{telegram.username}?start={code}\n"
+        f"whoever opens it becomes the bot's first admin: keep it to yourself.")
     say(f"Waiting for /start from you in {telegram.name} (up to {span(seconds)})...")
-    update = telegram.next_update("message", time.monotonic() + seconds, is_start)
+    noted: set[int] = set()
+
+    def accept(update: dict) -> bool:
+        payload = start_payload(update)
+        if payload is None or payload == code:
+            return payload == code
+        if update["update_id"] not in noted:  # said once, though looked at on every pass
+            noted.add(update["update_id"])
+            say(f"  not taken: a /start without this link's code from {person_label(update['message']['from'])}")
+        return False
+
+    update = telegram.next_update("message", time.monotonic() + seconds, accept)
     if update is None:
-        raise SetupError(f"no /start reached {telegram.name} within {span(seconds)}: run setup again, "
-                         f"or give --admin-id YOUR_TELEGRAM_ID")
+        raise SetupError(f"nobody opened the link (/start {code}) in {telegram.name} within {span(seconds)}: "
+                         f"run setup again, or give --admin-id YOUR_TELEGRAM_ID")
     sender = update["message"]["from"]
-    who = sender.get("first_name", "") + (f" (@{sender['username']})" if sender.get("username") else "")
-    say(f"  ok: {who} (id {sender['id']}) is the first admin")
+    say(f"  ok: {person_label(sender)} is the first admin")
     telegram.tell(sender["id"], "ClubBot setup: you are this bot's admin now. Go back to the terminal to finish.")
     return str(sender["id"])
 
 
-def is_start(update: dict) -> bool:
-    """/start from a person in their private chat with the bot."""
+def new_start_code() -> str:
+    return secrets.token_urlsafe(START_CODE_BYTES)
+
+
+def start_payload(update: dict) -> str | None:
+    """What follows /start ("" for none) in a message from a person in their private chat with the
+    bot; None for any other message. Opening t.me/BOT?start=CODE sends "/start CODE"."""
     message = update["message"]
     words = (message.get("text") or "").split()
-    return (bool(words) and re.fullmatch(r"/start(@\w+)?", words[0]) is not None
-            and (message.get("chat") or {}).get("type") == "private"
-            and not (message.get("from") or {}).get("is_bot", True))
+    if (not words or re.fullmatch(r"/start(@\w+)?", words[0]) is None
+            or (message.get("chat") or {}).get("type") != "private"
+            or (message.get("from") or {}).get("is_bot", True)):
+        return None
+    return " ".join(words[1:])
+
+
+def person_label(user: dict) -> str:
+    """'Alice (@alice) (id 123)': a Telegram user as the terminal names them."""
+    username = f" (@{user['username']})" if user.get("username") else ""
+    return f"{user.get('first_name', '')}{username} (id {user.get('id')})"
 
 
 def kept_or_wait(terminal: Terminal, question: str, flag: str, name: str, kept: dict[str, str]) -> str | None:
@@ -442,7 +543,7 @@ def kept_or_wait(terminal: Terminal, question: str, flag: str, name: str, kept: 
 # --- 3. the club chats ---
 
 def _step_chats(terminal: Terminal, args: argparse.Namespace, kept: dict[str, str], telegram: Telegram,
-                seconds: int) -> str:
+                seconds: int, admins: set[int]) -> str:
     bot = telegram.name
     say(f"Add {bot} as an administrator of each club channel or group (the chat's settings -> Administrators\n"
         f"-> Add Admin), with the rights \"Invite Users via Link\" and \"Ban Users\".")
@@ -451,15 +552,15 @@ def _step_chats(terminal: Terminal, args: argparse.Namespace, kept: dict[str, st
                         lambda text: id_list("CLUB_CHAT_IDS", text))
     else:
         given = kept_or_wait(terminal, "Club chat ids", "--chat-id", "CLUB_CHAT_IDS", kept)
-    chats = [_given_chat(telegram, int(chat_id), seconds) for chat_id in (given or "").split(",") if chat_id]
+    chats = [_given_chat(telegram, int(chat_id), seconds, admins) for chat_id in (given or "").split(",") if chat_id]
     if args.chat_id:
         return ",".join(map(str, chats))
     while not chats or terminal.confirm("Another club chat?", "--chat-id", False):
-        chats.append(_arriving_chat(telegram, seconds, chats))
+        chats.append(_arriving_chat(telegram, seconds, admins, chats))
     return ",".join(map(str, chats))
 
 
-def _given_chat(telegram: Telegram, chat_id: int, seconds: int) -> int:
+def _given_chat(telegram: Telegram, chat_id: int, seconds: int, admins: set[int]) -> int:
     """A chat named by its id: checked (getChat, getChatMember); missing rights are waited for."""
     chat, missing = telegram.rights(chat_id)
     label = chat_label(chat_id, chat.title, chat.type)
@@ -467,18 +568,36 @@ def _given_chat(telegram: Telegram, chat_id: int, seconds: int) -> int:
         say(f"  ok: {label}: {telegram.name} can invite and remove members")
         return chat_id
     problem = report_missing(telegram, label, missing, seconds)
-    return _arriving_chat(telegram, seconds, [], only=chat_id, problem=problem)
+    return _arriving_chat(telegram, seconds, admins, [], only=chat_id, problem=problem)
 
 
-def _arriving_chat(telegram: Telegram, seconds: int, listed: list[int], only: int | None = None,
+def _arriving_chat(telegram: Telegram, seconds: int, admins: set[int], listed: list[int], only: int | None = None,
                    problem: str | None = None) -> int:
-    """The id of a chat where the bot is made an administrator with the rights it needs, as Telegram
-    reports it (my_chat_member); a chat where it lacks some is named, and its fix waited for."""
+    """The id of a chat where an admin (step 2) makes the bot an administrator with the rights it
+    needs, as Telegram reports it (my_chat_member); a chat where it lacks some is named, and its fix
+    waited for. What anyone else does to the bot is passed over: it neither chooses a chat nor
+    makes the wait longer."""
     if problem is None:
         say(f"Waiting for {telegram.name} to be made an administrator of a chat (up to {span(seconds)})...")
     deadline = time.monotonic() + seconds
+    noted: set[int] = set()
+
+    def accept(update: dict) -> bool:
+        if not is_club_event(update, listed, only):
+            return False
+        if only is not None or is_by_admin(update, admins):
+            # In a chat the owner named by its id, the bot's rights may be fixed by any admin of it.
+            return True
+        if update["update_id"] not in noted:  # said once, though looked at on every pass
+            noted.add(update["update_id"])
+            event = update["my_chat_member"]
+            chat = event["chat"]
+            say(f"  not taken: {chat_label(chat['id'], chat.get('title'), chat.get('type'))}: the change there was "
+                f"made by {person_label(event.get('from') or {})}, who is not an admin (step 2)")
+        return False
+
     while True:
-        update = telegram.next_update("my_chat_member", deadline, lambda u: is_club_event(u, listed, only))
+        update = telegram.next_update("my_chat_member", deadline, accept)
         if update is None:
             if problem:
                 raise SetupError(f"{problem}, and no fix came within {span(seconds)}: fix it and run setup again")
@@ -518,6 +637,11 @@ def is_club_event(update: dict, listed: list[int], only: int | None) -> bool:
     chat = update["my_chat_member"].get("chat") or {}
     return (chat.get("type") != "private" and chat.get("id") not in listed
             and (only is None or chat.get("id") == only))
+
+
+def is_by_admin(update: dict, admins: set[int]) -> bool:
+    """The change was made by one of the admins chosen in step 2, not by whoever added the bot."""
+    return (update["my_chat_member"].get("from") or {}).get("id") in admins
 
 
 # --- 4. Crypto Pay ---
@@ -573,8 +697,8 @@ def _step_plans(terminal: Terminal, args: argparse.Namespace, kept: dict[str, st
 
 def writable(value: str) -> None:
     if UNSAFE.search(value):
-        raise Refused("'#', quotes, backslashes and control characters cannot be written to .env so that "
-                      "ClubBot and systemd read them alike; leave them out")
+        raise Refused("'#', quotes, backslashes, control characters and line separators cannot be written to "
+                      ".env so that every tool reads it as ClubBot and systemd do; leave them out")
 
 
 def _step_domain(terminal: Terminal, args: argparse.Namespace, kept: dict[str, str]) -> str:
@@ -582,7 +706,14 @@ def _step_domain(terminal: Terminal, args: argparse.Namespace, kept: dict[str, s
         "confirmed by polling Crypto Pay and you can sell now; the domain can be added later.")
     current = kept.get("WEBHOOK_URL", "").strip()
     keep = ' (Enter keeps it; "-" for none)' if current else " (Enter: none for now)"
-    return checked(terminal, f"Domain, like club.example.com{keep}", "--domain", args.domain, current, webhook_url)
+
+    def check(text: str) -> str:
+        if text and text == current:  # kept: as ClubBot takes it, a path after the domain too
+            writable(text)
+            return valid("WEBHOOK_URL", text)
+        return webhook_url(text)
+
+    return checked(terminal, f"Domain, like club.example.com{keep}", "--domain", args.domain, current, check)
 
 
 def webhook_url(text: str) -> str:
@@ -614,7 +745,7 @@ def _prepare(path: Path, terminal: Terminal) -> tuple[dict[str, str], list[str],
         return {}, list(HEADER), database
     try:
         kept = config_module.read_env_file(path)
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = env_lines(path.read_text(encoding="utf-8"))
     except ConfigError as exc:
         raise SetupError(f"{exc}: fix that line, or move {path} away, then run setup again") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -632,6 +763,14 @@ def _check_target(path: Path, database: Path) -> None:
         files.check_target(path, database, "setup", b"")
     except files.OutputError as exc:
         raise SetupError(str(exc)) from None
+
+
+def env_lines(text: str) -> list[str]:
+    """The lines of a .env as ClubBot's reader takes them (config.read_env_file): split at "\n"
+    alone (never at U+2028 and the like, which str.splitlines() would split at), a "\r" before it
+    left in its line as the reader leaves it."""
+    lines = text.split("\n")
+    return lines[:-1] if lines[-1] == "" else lines
 
 
 def render(lines: list[str], values: dict[str, str]) -> str:
@@ -653,25 +792,28 @@ def render(lines: list[str], values: dict[str, str]) -> str:
     return "\n".join(out) + "\n"
 
 
-# A .env replaced keeps its group and at most these bits of its mode: README's deployment makes it
-# root:clubbot 0640, for the service's user to read; never readable by everyone.
+# A .env replaced keeps its owner (when setup runs as root), its group and at most these bits of
+# its mode: README's deployment makes it root:clubbot 0640, for the service's user to read; an
+# owner may make it clubbot:clubbot 0600. Never readable by everyone.
 KEPT_MODE_BITS = 0o640
 
 
-def write_env(path: Path, database: Path, text: str) -> None:
+def write_env(path: Path, database: Path, text: str, written: list[os.stat_result]) -> None:
     """Write `.env` beside it as `.env.partial`, renamed into place (files.write_output): Ctrl-C or
-    a crash leaves the old file, or none, never half of one. A new file is 0600."""
+    a crash leaves the old file, or none, never half of one. A new file is 0600. The file written
+    is added to `written` before it is renamed into place (it is .env once `path` is that file)."""
     try:
         old = os.stat(path)
     except OSError:
         old = None
+    lost: list[str] = []  # why the old file's owner could not be kept
 
     def write(fd: int, _partial: Path) -> None:
+        written.append(os.fstat(fd))
         if old is not None:
-            try:
-                os.fchown(fd, -1, old.st_gid)
-            except OSError:
-                pass  # not root, nor in that group: the file stays the writer's alone
+            reason = keep_owner(fd, old)
+            if reason:
+                lost.append(reason)
             os.fchmod(fd, stat.S_IMODE(old.st_mode) & KEPT_MODE_BITS | files.PRIVATE_FILE)
         with open(fd, "w", encoding="utf-8", closefd=False) as stream:
             stream.write(text)
@@ -680,3 +822,35 @@ def write_env(path: Path, database: Path, text: str) -> None:
         files.write_output(path, database, "setup", b"", write)
     except files.OutputError as exc:
         raise SetupError(str(exc)) from None
+    if old is not None and lost:
+        owner = f"{user_name(old.st_uid)}:{group_name(old.st_gid)}"
+        say(f"Note: {path} belonged to {owner}, and the new one could not keep that ({lost[0]}): if ClubBot "
+            f"reads it as that user, give it back (chown {owner} {path}).")
+
+
+def keep_owner(fd: int, old: os.stat_result) -> str | None:
+    """Give the file `fd` the owner and the group of the file it replaces: both as root, the group
+    alone otherwise (as its member may). None when both are kept; else why not."""
+    root = os.geteuid() == 0
+    try:
+        os.fchown(fd, old.st_uid if root else -1, old.st_gid)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+    else:
+        reason = "only root gives a file to another user"
+    now = os.fstat(fd)
+    return None if (now.st_uid, now.st_gid) == (old.st_uid, old.st_gid) else reason
+
+
+def user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)

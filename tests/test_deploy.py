@@ -4,6 +4,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import ssl
 import subprocess
 import sys
@@ -19,6 +20,18 @@ UNITS = ["clubbot.service", "clubbot-bot.service", "clubbot-webhook.service"]
 needs_systemd = pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze here")
 needs_nginx = pytest.mark.skipif(shutil.which("nginx") is None and not os.path.exists("/usr/sbin/nginx"),
                                  reason="no nginx here (.ci/run installs it)")
+
+
+def ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+HAS_IPV6 = ipv6_loopback()
 
 
 def unit_text(name: str) -> str:
@@ -71,7 +84,8 @@ def test_the_readme_shows_the_nginx_site_that_is_tested():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     site = (ROOT / "nginx" / "clubbot.conf").read_text(encoding="utf-8")
     assert site in readme
-    for line in ("location /webhook/ {", "proxy_set_header X-Forwarded-For $remote_addr;",
+    for line in ("listen 80;", "listen [::]:80;", "listen 443 ssl;", "listen [::]:443 ssl;",
+                 "location /webhook/ {", "proxy_set_header X-Forwarded-For $remote_addr;",
                  "proxy_set_header X-Forwarded-Proto $scheme;", "location = /health {"):
         assert line in site
 
@@ -88,7 +102,11 @@ def nginx(tmp_path, server):
     site = (ROOT / "nginx" / "clubbot.conf").read_text(encoding="utf-8")
     site = site.split("server {", 2)
     site = "server {" + site[2]  # the TLS server block (the port-80 redirect is not needed here)
+    # The shipped site listens on [::] too. Here it is [::1] on the same port; on a machine
+    # without IPv6 nginx could not bind it at all, so that line is dropped (the file keeps it).
+    ipv6_listen = f"listen [::1]:{port} ssl;" if HAS_IPV6 else ""
     site = (site.replace("listen 443 ssl;", f"listen 127.0.0.1:{port} ssl;")
+                .replace("listen [::]:443 ssl;", ipv6_listen)
                 .replace("/etc/letsencrypt/live/your-domain.com/fullchain.pem", str(tmp_path / "cert.pem"))
                 .replace("/etc/letsencrypt/live/your-domain.com/privkey.pem", str(tmp_path / "key.pem"))
                 .replace("http://127.0.0.1:8000", f"http://127.0.0.1:{app_port}"))
@@ -119,13 +137,13 @@ http {{
         process.wait(10)
 
 
-def https(port: int, method: str, path: str, body: bytes | None = None, headers=None):
-    """A request to nginx over TLS, from 127.0.0.5: a client that is not the proxy."""
+def https(port: int, method: str, path: str, body: bytes | None = None, headers=None, host: str = "127.0.0.1"):
+    """A request to nginx over TLS, by default from 127.0.0.5: a client that is not the proxy."""
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
-    connection = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=10,
-                                             source_address=("127.0.0.5", 0))
+    source = ("127.0.0.5", 0) if host == "127.0.0.1" else None
+    connection = http.client.HTTPSConnection(host, port, context=context, timeout=10, source_address=source)
     connection.request(method, path, body=body, headers=headers or {})
     response = connection.getresponse()
     return response.status, response.read()
@@ -147,3 +165,10 @@ def test_a_signed_webhook_and_a_health_check_pass_through_nginx_over_https(app, 
     assert app.db.expires_at(501) is not None
     assert "webhook received from 127.0.0.5" in caplog.text  # the client, not the proxy (127.0.0.1)
     assert "from 127.0.0.1" not in caplog.text
+
+
+@needs_nginx
+@pytest.mark.skipif(not HAS_IPV6, reason="no IPv6 here: the site's [::] line was left out of nginx's copy")
+def test_the_site_answers_over_ipv6_too(nginx):
+    status, answer = https(nginx, "GET", "/health", host="::1")
+    assert status == 200 and b'"healthy"' in answer

@@ -21,8 +21,29 @@ def test_every_command_is_in_the_readme():
 
 def test_the_readme_test_command_is_the_one_ci_runs():
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
-    assert ".venv/bin/python -m pytest -q" in README
-    assert ".venv/bin/python -m pytest -q" in ci and "-r requirements.txt" in ci
+    assert ".venv/bin/pip install -r requirements-dev.txt && .venv/bin/python -m pytest -q" in README
+    assert ".venv/bin/python -m pytest -q" in ci and "-r requirements-dev.txt" in ci
+
+
+def requirements(name: str) -> list[str]:
+    lines = (ROOT / name).read_text(encoding="utf-8").splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+def test_the_runtime_requirements_hold_no_test_package_and_the_dev_ones_add_them_to_it():
+    runtime = requirements("requirements.txt")
+    dev = requirements("requirements-dev.txt")
+    assert {line.split("==")[0] for line in runtime} == {"pyTelegramBotAPI", "waitress", "requests"}
+    assert dev[0] == "-r requirements.txt"
+    assert {line.split("==")[0] for line in dev[1:]} == {"pytest", "responses", "hypothesis"}
+    assert all("==" in line for line in runtime + dev[1:])  # pinned
+
+
+def test_the_server_installs_the_runtime_requirements_only():
+    for readme in (README, (ROOT / "README.ru.md").read_text(encoding="utf-8")):
+        installs = re.findall(r"pip install (?:-q )?-r (\S+)", readme)
+        assert installs.count("requirements-dev.txt") == 1, installs  # the tests' command alone
+        assert "/opt/clubbot/requirements.txt" in installs
 
 
 def test_the_example_env_names_only_real_settings():

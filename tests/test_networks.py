@@ -48,8 +48,9 @@ def test_an_owner_tool_on_the_other_networks_database_refuses_in_one_line(tmp_pa
 
 
 def test_check_on_the_other_networks_database_fails_naming_it(tmp_path, env):
-    import config
     from test_admin import run_cli
+
+    import config
 
     build_app(config.load(env, env_file=None)).db.close()  # made on mainnet
     code, out, _ = run_cli(env | {"CRYPTO_PAY_NETWORK": "testnet"}, tmp_path, "check")

@@ -1,11 +1,14 @@
 """`python clubbot.py setup`: the wizard, run unattended (flags, --yes) and at a terminal whose
 answers are typed by the test, against the fake Telegram and Crypto Pay; then a real ClubBot
 started from the .env it wrote sells a plan."""
+import json
 import os
+import re
 import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 from types import SimpleNamespace
 
@@ -18,10 +21,14 @@ import files
 import wizard
 from clubbot import COMMANDS, build_parser
 from config import SETTINGS
+from db import Database
+from updates import ALLOWED_UPDATES
 
 CLUBBOT = str(ROOT / "clubbot.py")
 SECRETS = (BOT_TOKEN, BOT_TOKEN.split(":")[1], PAY_TOKEN, PAY_TOKEN.split(":")[1])
 OTHER_CHAT = -1001000000002
+CODE = "Owner-Code_0123456"  # the one-time code of the link setup prints, in these tests
+STRANGER = person(6666, "en", "Stranger", "stranger")
 
 
 @pytest.fixture
@@ -34,6 +41,12 @@ def here(tmp_path, monkeypatch, telegram, cryptopay):
     monkeypatch.setenv("TELEGRAM_API_URL", telegram.url)
     monkeypatch.setenv("CRYPTO_PAY_API_URL", cryptopay.api_url)
     return tmp_path
+
+
+@pytest.fixture(autouse=True)
+def start_code(monkeypatch):
+    """The code of the link that makes its opener the first admin: CODE, for the owner to send."""
+    monkeypatch.setattr(wizard, "new_start_code", lambda: CODE)
 
 
 @pytest.fixture(autouse=True)
@@ -72,7 +85,17 @@ def unattended(*extra: str, bot: str = BOT_TOKEN, pay: str = PAY_TOKEN) -> list[
 
 
 def owner_says_start(telegram) -> None:
-    telegram.push_update(message("/start", sender=person(ADMIN, "en", "Owner", "owner")))
+    """The owner opens the link setup prints: their Telegram app sends /start with its code."""
+    telegram.push_update(message(f"/start {CODE}", sender=person(ADMIN, "en", "Owner", "owner")))
+
+
+def make_database(path, network: str) -> None:
+    """A database ClubBot has run with on `network` (it records that at its first start)."""
+    path.parent.mkdir(exist_ok=True)
+    database = Database(path)
+    database.migrate()
+    database.claim_network(network)
+    database.close()
 
 
 def settings(path) -> dict[str, str]:
@@ -84,12 +107,17 @@ def test_it_takes_an_owner_from_nothing_to_a_plan_sold(here, telegram, cryptopay
     telegram.push_update(bot_status(CLUB_CHAT, "Club"))
     result = setup(capsys, *unattended("--wait", "5s"))
     assert result.code == 0, result.out + result.err
+    [link] = [line for line in result.out.splitlines() if "?start=" in line]  # one line, easy to find
+    assert link == f"  https://t.me/club_test_bot?start={CODE}"
+    assert f"(or send /start {CODE} to @club_test_bot)" in result.out
     assert "Waiting for /start from you in @club_test_bot (up to 5 seconds)..." in result.out
     assert "ok: Owner (@owner) (id 9000) is the first admin" in result.out
     assert f'ok: "Club" (id {CLUB_CHAT}, supergroup): @club_test_bot can invite and remove members' in result.out
     assert "All well." in result.out and "No domain yet" in result.out
     assert result.out.rstrip().endswith("python clubbot.py run")
     assert telegram.updates == []  # confirmed: the running bot does not answer them again
+    # ...with the updates ClubBot asks for, which Telegram keeps until told others: not setup's fewer.
+    assert json.loads(telegram.called("getUpdates")[-1]["allowed_updates"]) == ALLOWED_UPDATES
     written = config_module.load({}, env_file=here / ".env")
     assert (written.admin_ids, written.club_chat_ids, written.crypto_pay_network) == ({ADMIN}, (CLUB_CHAT,), "testnet")
     assert written.webhook_url == ""
@@ -190,7 +218,7 @@ def test_a_chat_telegram_does_not_know_is_refused_with_one_line(here, telegram, 
 
 
 @pytest.mark.parametrize("given, line", [
-    ((), "setup: no /start reached @club_test_bot within 1 second: run setup again, "
+    ((), f"setup: nobody opened the link (/start {CODE}) in @club_test_bot within 1 second: run setup again, "
          "or give --admin-id YOUR_TELEGRAM_ID\n"),
     (("--admin-id", str(ADMIN)), "setup: @club_test_bot was not made an administrator of a chat within "
                                  "1 second: run setup again, or give --chat-id ID\n"),
@@ -271,9 +299,16 @@ def test_another_program_reading_the_updates_is_named_in_one_line(here, telegram
                           "bot has a webhook set\n")
 
 
+UNWRITABLE = "'#', quotes, backslashes, control characters and line separators cannot be written"
+
+
 @pytest.mark.parametrize("flag, value, reason", [
-    ("--plans", "month:30d:5:USDT:Best # deal", "'#', quotes, backslashes and control characters cannot be written"),
-    ("--plans", 'month:30d:5:USDT:"Month"', "'#', quotes, backslashes and control characters cannot be written"),
+    ("--plans", "month:30d:5:USDT:Best # deal", UNWRITABLE),
+    ("--plans", 'month:30d:5:USDT:"Month"', UNWRITABLE),
+    # Line breaks to other tools (str.splitlines() among them), though not to ClubBot and systemd:
+    ("--plans", "month:30d:5:USDT:One\u2028month", UNWRITABLE),
+    ("--plans", "month:30d:5:USDT:One\x85month", UNWRITABLE),
+    ("--plans", "month:30d:5:USDT:One\x0cmonth", UNWRITABLE),
     ("--plans", "month:0d:5:USDT", "PLANS: plan 1 'month:0d:5:USDT': duration must be more than 0"),
     ("--domain", "club.example.com/pay", "give the domain alone, like club.example.com"),
     ("--domain", "localhost", "is not a domain name like club.example.com"),
@@ -381,3 +416,165 @@ def test_switching_to_mainnet_on_a_rerun_leaves_the_testnet_database_behind(here
     assert result.code == 0, result.out + result.err
     assert settings(here / ".env")["DATABASE_PATH"] == "data/clubbot.db"
     assert settings(here / ".env")["CRYPTO_PAY_NETWORK"] == "mainnet"
+
+
+def test_the_start_code_is_new_each_run_and_fits_a_telegram_link(monkeypatch):
+    monkeypatch.undo()  # the real codes, not the tests' CODE
+    codes = {wizard.new_start_code() for _ in range(20)}
+    assert len(codes) == 20
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]{16,64}", code) for code in codes)
+
+
+def test_only_the_links_start_makes_the_first_admin(here, telegram, capsys):
+    # A stranger who found the bot gets there first, with and without a code of their own.
+    telegram.push_update(message("/start", sender=STRANGER))
+    telegram.push_update(message("/start guessed-code", sender=STRANGER))
+    owner_says_start(telegram)
+    result = setup(capsys, *unattended("--chat-id", str(CLUB_CHAT)))
+    assert result.code == 0, result.out + result.err
+    assert settings(here / ".env")["ADMIN_IDS"] == str(ADMIN)
+    assert result.out.count("not taken: a /start without this link's code from Stranger (@stranger) (id 6666)") == 2
+    assert "ok: Owner (@owner) (id 9000) is the first admin" in result.out
+    assert not telegram.messages_to(STRANGER["id"])  # told nothing, least of all that they are the admin
+
+
+def test_only_a_chat_an_admin_added_the_bot_to_is_taken(here, telegram, capsys):
+    telegram.push_update(bot_status(OTHER_CHAT, "Not ours", by=STRANGER["id"]))
+    telegram.push_update(bot_status(CLUB_CHAT, "Club"))  # by the admin
+    result = setup(capsys, *unattended("--admin-id", str(ADMIN)))
+    assert result.code == 0, result.out + result.err
+    assert settings(here / ".env")["CLUB_CHAT_IDS"] == str(CLUB_CHAT)
+    assert (f'not taken: "Not ours" (id {OTHER_CHAT}, supergroup): the change there was made by Owner (@m6666) '
+            f"(id 6666), who is not an admin (step 2)") in result.out
+
+
+def test_a_stranger_adding_the_bot_again_and_again_does_not_keep_setup_waiting(here, telegram, capsys):
+    stop = threading.Event()
+
+    def stranger():  # for 4 seconds, each time without a right: the wait for its fix would start again
+        until = time.monotonic() + 4
+        while not stop.wait(0.2) and time.monotonic() < until:
+            telegram.push_update(bot_status(OTHER_CHAT, "Not ours", by=STRANGER["id"], can_restrict_members=False))
+
+    thread = threading.Thread(target=stranger, daemon=True)
+    thread.start()
+    started = time.monotonic()
+    try:
+        result = setup(capsys, *unattended("--admin-id", str(ADMIN), "--wait", "1s"))
+    finally:
+        stop.set()
+        thread.join(5)
+    assert time.monotonic() - started < 4
+    assert result.code == 1
+    assert result.err == ("setup: @club_test_bot was not made an administrator of a chat within 1 second: "
+                          "run setup again, or give --chat-id ID\n")
+    assert "To fix it" not in result.out
+
+
+def test_a_rerun_on_testnet_keeps_the_database_in_use(here, telegram, capsys):
+    # An owner on testnet whose .env names no database: theirs is the default one, and stays so.
+    (here / ".env").write_text("CRYPTO_PAY_NETWORK=testnet\n")
+    make_database(here / "data" / "clubbot.db", "testnet")
+    result = setup(capsys, *unattended("--admin-id", str(ADMIN), "--chat-id", str(CLUB_CHAT)))
+    assert result.code == 0, result.out + result.err
+    assert "DATABASE_PATH" not in settings(here / ".env")
+    assert str(config_module.load({}, env_file=here / ".env").database_path) == "data/clubbot.db"
+
+
+def test_trying_testnet_leaves_the_mainnet_database_alone(here, telegram, capsys):
+    make_database(here / "data" / "clubbot.db", "mainnet")
+    result = setup(capsys, *unattended("--admin-id", str(ADMIN), "--chat-id", str(CLUB_CHAT)))
+    assert result.code == 0, result.out + result.err
+    assert settings(here / ".env")["DATABASE_PATH"] == "data/clubbot-testnet.db"
+
+
+@pytest.mark.parametrize("kept, held, line", [
+    # Back to mainnet from testnet's own database, where the default one holds testnet payments too.
+    ("DATABASE_PATH=data/clubbot-testnet.db\n", "clubbot.db",
+     "setup: the database data/clubbot.db holds testnet payments, and ClubBot does not use it for mainnet: "
+     "set DATABASE_PATH=data/clubbot-mainnet.db (a database of its own) in .env, then run setup again\n"),
+    # From testnet on the default database (no DATABASE_PATH) to mainnet.
+    ("", "clubbot.db",
+     "setup: the database data/clubbot.db holds testnet payments, and ClubBot does not use it for mainnet: "
+     "set DATABASE_PATH=data/clubbot-mainnet.db (a database of its own) in .env, then run setup again\n"),
+    # The owner's own database, named in .env.
+    ("DATABASE_PATH=data/club.db\n", "club.db",
+     "setup: the database data/club.db holds testnet payments, and ClubBot does not use it for mainnet: "
+     "set DATABASE_PATH=data/clubbot-mainnet.db (a database of its own) in .env, then run setup again\n"),
+], ids=["from-testnet-database", "from-default-database", "own-database"])
+def test_switching_to_mainnet_onto_a_testnet_database_is_refused_with_the_way_out(here, telegram, capsys,
+                                                                                  kept, held, line):
+    path = here / ".env"
+    path.write_text(f"CRYPTO_PAY_NETWORK=testnet\n{kept}")
+    make_database(here / "data" / held, "testnet")
+    result = setup(capsys, "--yes", "--bot-token", BOT_TOKEN, "--pay-token", PAY_TOKEN, "--network", "mainnet",
+                   "--admin-id", str(ADMIN), "--chat-id", str(CLUB_CHAT))
+    assert result.code == 1 and result.err == line
+    assert path.read_text() == f"CRYPTO_PAY_NETWORK=testnet\n{kept}"
+
+
+def test_a_rerun_keeps_lines_as_clubbot_reads_them_whatever_unicode_calls_a_line_break(here, telegram, capsys):
+    given = unattended("--admin-id", str(ADMIN), "--chat-id", str(CLUB_CHAT))
+    assert setup(capsys, *given).code == 0
+    path = here / ".env"
+    with path.open("a", encoding="utf-8") as stream:  # one line each, to ClubBot and systemd alike
+        stream.write("# a note\u2028on one line\nLOG_LEVEL=debug\x85\u2029\n")
+    before = path.read_text(encoding="utf-8")
+    result = setup(capsys, *given)
+    assert result.code == 0, result.out + result.err
+    assert path.read_text(encoding="utf-8") == before
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root gives a file to another user")
+def test_a_rerun_as_root_keeps_the_files_owner_and_group(here, telegram, capsys):
+    given = unattended("--admin-id", str(ADMIN), "--chat-id", str(CLUB_CHAT))
+    assert setup(capsys, *given).code == 0
+    path = here / ".env"
+    os.chown(path, 65534, 65534)  # the service's user, who alone reads it (0600)
+    result = setup(capsys, *given)
+    assert result.code == 0, result.out + result.err
+    info = path.stat()
+    assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (65534, 65534, files.PRIVATE_FILE)
+    assert f".env written (readable by {wizard.user_name(65534)} only, as before)." in result.out
+    assert "Note:" not in result.out
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root gives a file to another user")
+def test_an_owner_that_cannot_be_kept_is_named(here, telegram, capsys, monkeypatch):
+    given = unattended("--admin-id", str(ADMIN), "--chat-id", str(CLUB_CHAT))
+    assert setup(capsys, *given).code == 0
+    path = here / ".env"
+    os.chown(path, 65534, 65534)
+
+    def refused(*args):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(wizard.os, "fchown", refused)  # as under a file system that refuses it
+    result = setup(capsys, *given)
+    assert result.code == 0, result.out + result.err
+    owner = f"{wizard.user_name(65534)}:{wizard.group_name(65534)}"
+    assert (f"Note: .env belonged to {owner}, and the new one could not keep that (Operation not permitted): "
+            f"if ClubBot reads it as that user, give it back (chown {owner} .env).") in result.out
+
+
+def test_a_kept_webhook_url_is_kept_as_clubbot_takes_it(here, telegram, capsys):
+    given = unattended("--admin-id", str(ADMIN), "--chat-id", str(CLUB_CHAT))
+    path = here / ".env"
+    path.write_text("WEBHOOK_URL=https://example.org/club\n")  # a path before ClubBot's own: config takes it
+    result = setup(capsys, *given)
+    assert result.code == 0, result.out + result.err
+    assert settings(path)["WEBHOOK_URL"] == "https://example.org/club"
+
+
+def test_ctrl_c_right_after_the_file_is_renamed_into_place_says_it_was_written(here, capsys, monkeypatch):
+    rename = os.replace
+
+    def renamed_then_interrupted(source, target):
+        rename(source, target)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(files.os, "replace", renamed_then_interrupted)
+    result = setup(capsys, *unattended("--admin-id", str(ADMIN), "--chat-id", str(CLUB_CHAT)))
+    assert result.code == 130
+    assert result.err == "\nsetup stopped; .env was written, run `python clubbot.py check`\n"
+    assert settings(here / ".env")["ADMIN_IDS"] == str(ADMIN)
