@@ -857,11 +857,6 @@ class Database:
         with self.transaction() as tx:
             _audit(tx, now, user_id, action, cause, invoice_id, detail)
 
-    def audit_rows(self, user_id: int | None = None) -> list[sqlite3.Row]:
-        if user_id is None:
-            return self.connect().execute("SELECT * FROM audit ORDER BY id").fetchall()
-        return self.connect().execute("SELECT * FROM audit WHERE user_id = ? ORDER BY id", (user_id,)).fetchall()
-
 
 class AmbiguousMember(LookupError):
     """A username that more than one member row holds; `rows` are the candidates."""

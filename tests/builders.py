@@ -161,3 +161,10 @@ def member_with_time(app, user_id: int = 501, days: int = 30, lang: str = "en") 
     app.db.upsert_member(user_id, f"m{user_id}", "Member", lang, app.now())
     with app.db.transaction() as tx:
         return extend_subscription(tx, user_id, days * 86400, app.now())
+
+
+def audit_rows(database, user_id: int | None = None) -> list:
+    """The audit log in order, all of it or one member's."""
+    if user_id is None:
+        return database.connect().execute("SELECT * FROM audit ORDER BY id").fetchall()
+    return database.connect().execute("SELECT * FROM audit WHERE user_id = ? ORDER BY id", (user_id,)).fetchall()

@@ -7,6 +7,7 @@ import time
 import pytest
 from builders import (
     ask_to_join,
+    audit_rows,
     command,
     feed,
     group_upgraded,
@@ -183,7 +184,7 @@ def test_a_removal_done_while_the_clock_was_ahead_does_not_excuse_the_real_one(j
     clock.value = real + 60  # and is corrected
     settle(app)
     assert "Not in the club yet?" in texts_to(telegram, 501)[-1]  # let back in: they have time
-    assert [r["action"] for r in app.db.audit_rows(501)][-1] == "removal_undone"
+    assert [r["action"] for r in audit_rows(app.db, 501)][-1] == "removal_undone"
     clock.value = expires_at - 1
     settle(app)
     assert telegram.removed == [(CLUB_CHAT, 501)]
@@ -319,7 +320,7 @@ def handle_twice(app, update):
 def test_a_grant_handled_again_after_a_kill_gives_its_time_once(bot, app, telegram):
     handle_twice(app, admin_update(10, "/grant 501 30d"))
     assert app.db.expires_at(501) == START + 30 * DAY  # not 60 days
-    assert [r["action"] for r in app.db.audit_rows(501)] == ["granted"]
+    assert [r["action"] for r in audit_rows(app.db, 501)] == ["granted"]
     answers = texts_to(telegram, ADMIN)
     assert len(answers) == 2 and all("active until" in t for t in answers)  # answered both times
 
@@ -335,7 +336,7 @@ def test_a_broadcast_handled_again_after_a_kill_is_sent_once(bot, app, telegram)
 def test_a_revoke_handled_again_after_a_kill_is_recorded_once(bot, app, telegram):
     member_with_time(app, 501)
     handle_twice(app, admin_update(12, "/revoke 501"))
-    assert [r["action"] for r in app.db.audit_rows(501)].count("revoked") == 1
+    assert [r["action"] for r in audit_rows(app.db, 501)].count("revoked") == 1
 
 
 def test_an_update_fetched_again_after_a_restart_is_not_handled_again(bot, app, telegram):
@@ -561,7 +562,7 @@ def test_a_revoke_made_while_the_clock_ran_ahead_gives_no_time_back_when_it_is_c
     settle(app)
     assert telegram.called("approveChatJoinRequest") == []
     assert not [t for t in texts_to(telegram, 501) if "Not in the club yet?" in t]
-    assert [r["action"] for r in app.db.audit_rows(501)].count("removal_undone") == 0
+    assert [r["action"] for r in audit_rows(app.db, 501)].count("removal_undone") == 0
 
 
 def test_a_removal_queued_before_a_revoke_does_not_remove_again_after_it(make_app, clock, telegram):
@@ -581,7 +582,7 @@ def test_a_grant_asked_again_after_a_kill_near_the_limit_says_done(bot, app, tel
     handle_twice(app, admin_update(13, "/grant 501 20000d"))
     answers = texts_to(telegram, ADMIN)
     assert len(answers) == 2 and all("active until" in t for t in answers), answers
-    assert [r["action"] for r in app.db.audit_rows(501)] == ["granted"]
+    assert [r["action"] for r in audit_rows(app.db, 501)] == ["granted"]
 
 
 def test_a_removal_queued_while_the_clock_ran_ahead_waits_out_the_grace_it_comes_back_into(make_app, clock,

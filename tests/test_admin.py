@@ -5,7 +5,7 @@ import sqlite3
 import threading
 
 import pytest
-from builders import command, member_with_time, paid, paid_invoice, paid_update, pending_invoice
+from builders import audit_rows, command, member_with_time, paid, paid_invoice, paid_update, pending_invoice
 from conftest import ADMIN, CLUB_CHAT, PAY_TOKEN, ROOT, START, start_process
 from test_lifecycle import DAY, settle
 
@@ -86,7 +86,7 @@ def test_grant_gives_time_tells_the_member_and_records_who(bot, app, telegram, c
     Sender(app).run_once()
     told = last_text(telegram, 501)
     assert told.startswith("An admin has given you 30 days") and "Not in the club yet" in told
-    [record] = [r for r in app.db.audit_rows(501) if r["action"] == "granted"]
+    [record] = [r for r in audit_rows(app.db, 501) if r["action"] == "granted"]
     assert record["cause"] == "admin" and f"telegram:{ADMIN}" in record["detail"]
 
 
@@ -106,10 +106,10 @@ def test_grant_by_id_works_for_someone_who_never_wrote(bot, app, telegram):
 ])
 def test_bad_admin_input_gets_a_clear_answer_and_changes_nothing(bot, app, telegram, text, answer):
     command(bot, "/start", user_id=501)
-    before = len(app.db.audit_rows())
+    before = len(audit_rows(app.db))
     command(bot, text, user_id=ADMIN)
     assert last_text(telegram).startswith(answer)
-    assert len(app.db.audit_rows()) == before
+    assert len(audit_rows(app.db)) == before
 
 
 def test_revoke_removes_at_once_without_grace(bot, app, telegram, make_config, clock):

@@ -2,7 +2,7 @@
 import json
 
 import pytest
-from builders import ask_to_join, buttons, command, member_with_time, paid, press
+from builders import ask_to_join, audit_rows, buttons, command, member_with_time, paid, press
 from conftest import ADMIN, CLUB_CHAT, START
 from test_sender import BAD_GATEWAY, FLOOD
 
@@ -175,7 +175,7 @@ def test_at_expiry_the_member_is_removed_told_why_and_can_come_back(app, telegra
     assert unban["only_if_banned"] == "True"  # the ban is lifted so they can return
     notice = telegram.messages_to(501)[-1]
     assert "has ended" in notice["text"] and buttons(notice)[0]["callback_data"] == "plan:month"
-    assert [r["action"] for r in app.db.audit_rows(501)][-2:] == ["membership_expired", "member_removed"]
+    assert [r["action"] for r in audit_rows(app.db, 501)][-2:] == ["membership_expired", "member_removed"]
     settle(app)
     assert telegram.removed == [(CLUB_CHAT, 501)]  # once
     renewed_at = clock.now()

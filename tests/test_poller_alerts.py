@@ -3,7 +3,7 @@ that do not arrive. On the injected clock, against the fake Crypto Pay."""
 import json
 
 import pytest
-from builders import paid_update, pending_invoice
+from builders import audit_rows, paid_update, pending_invoice
 from conftest import START
 
 from outbox import Sender
@@ -56,7 +56,7 @@ def test_a_paid_invoice_the_poller_cannot_read_stays_pending_alerts_once_and_is_
     assert [chat for chat, _ in told] == list(ADMINS)
     assert told[0][1]["invoice_id"] == row["invoice_id"] and told[0][1]["user_id"] == 501
     assert "amount is not a decimal string" in told[0][1]["error"]
-    audit = [(r["action"], r["cause"], r["invoice_id"]) for r in app.db.audit_rows(501)]
+    audit = [(r["action"], r["cause"], r["invoice_id"]) for r in audit_rows(app.db, 501)]
     assert audit == [("invoice_unreadable", "poller", row["invoice_id"])]
     spoil(cryptopay, row["invoice_id"], amount="5")
     poll_once(app)

@@ -1,6 +1,6 @@
 """@username names exactly one member: the one last seen with it, or the admin is asked for the id."""
 import pytest
-from builders import feed, message, person
+from builders import audit_rows, feed, message, person
 from conftest import ADMIN, START
 from test_admin import last_text, run_cli
 from test_lifecycle import DAY
@@ -55,7 +55,7 @@ def test_revoke_by_username_hits_the_member_who_holds_it_now_not_an_ex_holder(bo
     assert app.db.expires_at(1) == alice_until
     assert app.db.subscription(2)["expires_at"] == command_at
     assert app.db.expires_at(2) == 0  # revoked: no time, whatever the clock says
-    assert [r["user_id"] for r in app.db.audit_rows() if r["action"] == "revoked"] == [2]
+    assert [r["user_id"] for r in audit_rows(app.db) if r["action"] == "revoked"] == [2]
     assert last_text(telegram).startswith("Done: @alice (id 2)'s membership is ended")
 
 
