@@ -7,8 +7,9 @@ import re
 from collections.abc import Callable
 from typing import TextIO
 
+import codes
 import texts
-from config import MAX_DURATION, DurationTooLong, parse_duration
+from config import MAX_DURATION, Config, DurationTooLong, parse_duration
 from db import AmbiguousMember, Database
 
 SPARKS = "▁▂▃▄▅▆▇█"
@@ -38,10 +39,36 @@ def sparkline(values: list[int]) -> str:
 def stats_text(db: Database, now: int, lang: str) -> str:
     stats = db.stats(now)
     revenue = ", ".join(texts.price(amount, currency) for currency, amount in stats["revenue"].items())
-    return texts.t(lang, "admin_stats", members=stats["members"], active=stats["active"],
+    text = texts.t(lang, "admin_stats", members=stats["members"], active=stats["active"],
                    expiring=stats["expiring"], pending=stats["pending"],
                    revenue=revenue or texts.t(lang, "admin_no_revenue"),
                    sparkline=sparkline(stats["daily"]), payments=sum(stats["daily"]))
+    lines = codes.list_lines(db, now)
+    return text + ("\n\n" + texts.t(lang, "admin_codes", codes="\n".join(lines)) if lines else "")
+
+
+def code_add(db: Database, config: Config, words: list[str], now: int, by: str, lang: str,
+             bot_username: str | None = None) -> str:
+    """Create a discount code from the owner's words (see codes.parse); the reply."""
+    try:
+        spec = codes.add(db, config, words, now, by)
+    except codes.CodeError as error:
+        raise AdminError(error.key, **error.values) from None
+    return texts.t(lang, "admin_code_added", code=spec.name, discount=codes.describe(spec),
+                   link=f"https://t.me/{bot_username or '<bot>'}?start=c-{spec.name}")
+
+
+def code_disable(db: Database, name: str, now: int, by: str, lang: str) -> str:
+    try:
+        codes.disable(db, name, now, by)
+    except codes.CodeError as error:
+        raise AdminError(error.key, **error.values) from None
+    return texts.t(lang, "admin_code_disabled", code=name)
+
+
+def codes_text(db: Database, now: int, lang: str) -> str:
+    lines = codes.list_lines(db, now)
+    return texts.t(lang, "admin_codes", codes="\n".join(lines)) if lines else texts.t(lang, "admin_no_codes")
 
 
 def member_name(user_id: int, username: str | None) -> str:
@@ -123,14 +150,17 @@ def user_text(db: Database, ref: str, now: int, lang: str) -> str:
 
 EXPORT_COLUMNS = ["user_id", "username", "first_name", "language", "member_since", "expires_at",
                   "invoice_id", "plan", "amount", "currency", "invoice_status", "invoice_created_at",
-                  "paid_at", "paid_asset", "paid_amount", "applied_by"]
+                  "paid_at", "paid_asset", "paid_amount", "applied_by", "code", "full_amount"]
+# The columns every export has begun with since the first: how an earlier export is known.
+FIRST_COLUMNS = EXPORT_COLUMNS[:EXPORT_COLUMNS.index("applied_by") + 1]
 
 
 def export_header() -> bytes:
-    """The first line of every export, exactly as write_csv writes it: how an earlier export is known."""
+    """How every export begins, earlier ones too, exactly as write_csv writes it (a header that
+    later versions made longer begins the same way)."""
     line = io.StringIO()
-    csv.writer(line).writerow(EXPORT_COLUMNS)
-    return line.getvalue().encode("utf-8")
+    csv.writer(line).writerow(FIRST_COLUMNS)
+    return line.getvalue().rstrip("\r\n").encode("utf-8")
 
 
 def write_csv(db: Database, stream: TextIO, progress: Callable[[int], None] | None = None) -> int:
@@ -144,7 +174,7 @@ def write_csv(db: Database, stream: TextIO, progress: Callable[[int], None] | No
             _iso(row["created_at"]), _iso(row["expires_at"]), row["invoice_id"] or "", row["plan_id"] or "",
             row["amount"] or "", row["currency"] or "", row["invoice_status"] or "",
             _iso(row["invoice_created_at"]), _iso(row["paid_at"]), row["paid_asset"] or "",
-            row["paid_amount"] or "", row["applied_by"] or "",
+            row["paid_amount"] or "", row["applied_by"] or "", row["code"] or "", row["full_amount"] or "",
         )])
         count += 1
         if progress and count % 10_000 == 0:

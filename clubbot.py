@@ -329,6 +329,26 @@ def cmd_revoke(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_code(config: Config, args: argparse.Namespace) -> int:
+    """code add NAME ..., code list, code disable NAME: the same words as the admins' /code."""
+    import admin
+
+    app = _open(config)
+    words = args.words
+    try:
+        if args.action == "add":
+            print(admin.code_add(app.db, config, words, app.now(), "cli", "en", app.bot_username))
+        elif args.action == "disable" and len(words) == 1:
+            print(admin.code_disable(app.db, words[0], app.now(), "cli", "en"))
+        elif args.action == "list" and not words:
+            print(admin.codes_text(app.db, app.now(), "en"))
+        else:
+            raise admin.AdminError("admin_usage_code")
+    except admin.AdminError as error:
+        raise CommandError(error.text("en").replace("/codes", "code list").replace("/code", "code")) from None
+    return 0
+
+
 def cmd_export(config: Config, args: argparse.Namespace) -> int:
     import admin
 
@@ -438,6 +458,10 @@ COMMANDS: dict[str, Command] = {
     "grant": Command(cmd_grant, "give a member time by hand: grant USER DURATION (USER: id or @username)",
                      (USER, ("duration", {"help": "like 30d, 12h, 90m"}))),
     "revoke": Command(cmd_revoke, "end a member's time now and remove them: revoke USER", (USER,)),
+    "code": Command(cmd_code, "discount codes: code add NAME (--percent P | --off AMOUNT) [--plans a,b] [--uses N] "
+                              "[--until YYYY-MM-DD] [--first-payment-only], code list, code disable NAME",
+                    (("action", {"choices": ["add", "list", "disable"]}),
+                     ("words", {"nargs": argparse.REMAINDER, "help": "NAME and the options"}))),
     "export": Command(cmd_export, "members and payments as CSV, to FILE or stdout",
                       (("file", {"nargs": "?", "help": "CSV file to write (default: stdout)"}),)),
     "backup": Command(cmd_backup, "a consistent copy of the database, safe while the bot runs",

@@ -163,34 +163,44 @@ class Database:
     # --- invoices ---
 
     def reusable_invoice(self, user_id: int, plan_id: str, duration: int, amount: Decimal, currency: str,
-                         fiat: bool, accepted_assets: tuple[str, ...], valid_after: int) -> sqlite3.Row | None:
+                         fiat: bool, accepted_assets: tuple[str, ...], valid_after: int,
+                         code_id: int | None = None) -> sqlite3.Row | None:
         """A pending invoice of this member, still valid after `valid_after`, that buys exactly
-        what the member is shown today: the same plan, duration, price, kind of currency and,
-        for fiat, the same assets to pay in. An invoice made before the owner changed the plan
-        would apply the old terms when paid."""
+        what the member is shown today: the same plan, duration, price (`amount`: after any
+        discount), discount code (or none), kind of currency and, for fiat, the same assets to
+        pay in. An invoice made before the owner changed the plan would apply the old terms when
+        paid; one made with a code must not serve a buy without it, nor the other way round."""
         return self.connect().execute(
             """SELECT * FROM invoices
                WHERE user_id = ? AND plan_id = ? AND status = 'pending'
                  AND duration = ? AND amount = ? AND currency = ? AND currency_type = ?
-                 AND accepted_assets IS ? AND expires_at > ?
+                 AND accepted_assets IS ? AND code_id IS ? AND expires_at > ?
                ORDER BY expires_at DESC LIMIT 1""",
             (user_id, plan_id, duration, str(amount), currency, "fiat" if fiat else "crypto",
-             _assets_column(fiat, accepted_assets), valid_after),
+             _assets_column(fiat, accepted_assets), code_id, valid_after),
         ).fetchone()
 
     def start_invoice(self, user_id: int, plan_id: str, duration: int, amount: Decimal,
                       currency: str, fiat: bool, now: int, ttl: int,
-                      accepted_assets: tuple[str, ...] = ()) -> str:
-        """Record an invoice about to be created at Crypto Pay; return its payment UUID."""
+                      accepted_assets: tuple[str, ...] = (), code_id: int | None = None,
+                      full_amount: Decimal | None = None) -> str:
+        """Record an invoice about to be created at Crypto Pay; return its payment UUID.
+        With a code: `amount` is the discounted price asked, `full_amount` the plan's price."""
         payment_uuid = str(uuid.uuid4())
         with self.transaction() as tx:
             tx.execute(
                 """INSERT INTO invoices (payment_uuid, user_id, plan_id, duration, amount, currency,
-                                         currency_type, accepted_assets, status, created_at, expires_at)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'creating', ?, ?)""",
+                                         currency_type, accepted_assets, status, created_at, expires_at,
+                                         code_id, full_amount)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'creating', ?, ?, ?, ?)""",
                 (payment_uuid, user_id, plan_id, duration, str(amount), currency,
-                 "fiat" if fiat else "crypto", _assets_column(fiat, accepted_assets), now, now + ttl),
+                 "fiat" if fiat else "crypto", _assets_column(fiat, accepted_assets), now, now + ttl,
+                 code_id, None if full_amount is None else str(full_amount)),
             )
+            if code_id is not None:
+                _audit(tx, now, user_id, "code_applied", "bot", None,
+                       {"code_id": code_id, "plan": plan_id, "payment_uuid": payment_uuid,
+                        "amount": f"{amount} {currency}", "full_amount": f"{full_amount} {currency}"})
         return payment_uuid
 
     def invoice_created(self, payment_uuid: str, invoice_id: int, pay_url: str | None,
@@ -328,6 +338,8 @@ class Database:
         new_expiry = extend_subscription(tx, user_id, row["duration"], now)
         _audit(tx, now, user_id, "payment_applied", cause, paid.invoice_id,
                {**detail, "expires_at": new_expiry})
+        if row["code_id"] is not None:
+            _record_code_use(tx, row, now, cause, paid.invoice_id)
         # No dedupe key: the invoice's step to paid above already happens once.
         enqueue(tx, Kind.ACTIVATED, user_id,
                 {"payment_uuid": row["payment_uuid"], "plan": row["plan_id"], "expires_at": new_expiry},
@@ -667,11 +679,90 @@ class Database:
         return self.connect().execute(
             """SELECT m.user_id, m.username, m.first_name, m.language, m.created_at, s.expires_at,
                       i.invoice_id, i.plan_id, i.amount, i.currency, i.status AS invoice_status,
-                      i.created_at AS invoice_created_at, i.paid_at, i.paid_asset, i.paid_amount, i.applied_by
+                      i.created_at AS invoice_created_at, i.paid_at, i.paid_asset, i.paid_amount, i.applied_by,
+                      c.name AS code, i.full_amount
                FROM members m
                LEFT JOIN subscriptions s ON s.user_id = m.user_id
                LEFT JOIN invoices i ON i.user_id = m.user_id AND i.status != 'creating'
+               LEFT JOIN codes c ON c.id = i.code_id
                ORDER BY m.user_id, i.id""")
+
+    # --- discount codes ---
+
+    def add_code(self, name: str, percent: int | None, off: Decimal | None, plans: tuple[str, ...],
+                 max_uses: int | None, until_at: int | None, first_only: bool, now: int, by: str) -> bool:
+        """Create a code; False if one of this name (in any case) exists."""
+        with self.transaction() as tx:
+            cursor = tx.execute(
+                """INSERT INTO codes (name, percent, off, plans, max_uses, until_at, first_only, created_at,
+                                      created_by)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING""",
+                (name, percent, None if off is None else str(off), ",".join(plans), max_uses, until_at,
+                 int(first_only), now, by))
+            if cursor.rowcount != 1:
+                return False
+            _audit(tx, now, None, "code_created", by, detail={
+                "code": name, "percent": percent, "off": off, "plans": ",".join(plans), "max_uses": max_uses,
+                "until_at": until_at, "first_payment_only": first_only})
+            return True
+
+    def disable_code(self, name: str, now: int, by: str) -> bool:
+        """Disable a code; False if there is no such code or it is disabled already."""
+        with self.transaction() as tx:
+            cursor = tx.execute("UPDATE codes SET disabled_at = ? WHERE name = ? AND disabled_at IS NULL",
+                                (now, name))
+            if cursor.rowcount != 1:
+                return False
+            _audit(tx, now, None, "code_disabled", by, detail={"code": name})
+            return True
+
+    def code(self, name: str) -> sqlite3.Row | None:
+        """A code by name (any case), with its uses so far."""
+        return self.connect().execute(
+            "SELECT c.*, (SELECT count(*) FROM code_uses u WHERE u.code_id = c.id) AS uses "
+            "FROM codes c WHERE c.name = ?", (name,)).fetchone()
+
+    def code_by_id(self, code_id: int) -> sqlite3.Row | None:
+        return self.connect().execute(
+            "SELECT c.*, (SELECT count(*) FROM code_uses u WHERE u.code_id = c.id) AS uses "
+            "FROM codes c WHERE c.id = ?", (code_id,)).fetchone()
+
+    def codes(self) -> list[sqlite3.Row]:
+        return self.connect().execute(
+            "SELECT c.*, (SELECT count(*) FROM code_uses u WHERE u.code_id = c.id) AS uses "
+            "FROM codes c ORDER BY c.id").fetchall()
+
+    def code_revenue(self) -> dict[int, dict[str, Decimal]]:
+        """Per code, what its applied payments brought, per currency (the discounted prices)."""
+        revenue: dict[int, dict[str, Decimal]] = {}
+        for code_id, currency, amount, count in self.connect().execute(
+                "SELECT i.code_id, i.currency, i.amount, count(*) FROM code_uses u "
+                "JOIN invoices i ON i.id = u.invoice_row GROUP BY 1, 2, 3"):
+            per = revenue.setdefault(code_id, {})
+            per[currency] = per.get(currency, Decimal(0)) + Decimal(amount) * count
+        return revenue
+
+    def has_paid(self, user_id: int) -> bool:
+        return self.connect().execute("SELECT 1 FROM invoices WHERE user_id = ? AND status = 'paid' LIMIT 1",
+                                      (user_id,)).fetchone() is not None
+
+    def attach_code(self, user_id: int, code_id: int | None, until: int | None, now: int, how: str) -> None:
+        """Attach a code to the member's next invoices until `until` (None: detach)."""
+        with self.transaction() as tx:
+            tx.execute("UPDATE members SET code_id = ?, code_until = ? WHERE user_id = ?", (code_id, until, user_id))
+            if code_id is not None:
+                _audit(tx, now, user_id, "code_attached", how, detail={"code_id": code_id, "until": until})
+
+    def wrong_code_tries(self, user_id: int, since: int) -> int:
+        return self.connect().execute("SELECT count(*) FROM code_tries WHERE user_id = ? AND at > ?",
+                                      (user_id, since)).fetchone()[0]
+
+    def wrong_code(self, user_id: int, name: str, now: int, how: str, forget_before: int) -> None:
+        """Count a code that did not work (for the limit on tries), and audit it."""
+        with self.transaction() as tx:
+            tx.execute("DELETE FROM code_tries WHERE user_id = ? AND at <= ?", (user_id, forget_before))
+            tx.execute("INSERT INTO code_tries (user_id, at) VALUES (?, ?)", (user_id, now))
+            _audit(tx, now, user_id, "code_refused", how, detail={"code": name[:64]})
 
     def start_broadcast(self, admin_chat: int, text: str, now: int,
                         command_key: str | None = None) -> tuple[int, int] | None:
@@ -922,6 +1013,18 @@ def extend_subscription(tx: sqlite3.Connection, user_id: int, duration: int, now
            RETURNING expires_at""",
         (user_id, now, duration),
     ).fetchone()[0]
+
+
+def _record_code_use(tx: sqlite3.Connection, row: sqlite3.Row, now: int, cause: str, invoice_id: int) -> None:
+    """A discounted payment applied: its code's use, once (the invoice steps to paid once, and
+    the row's key is the invoice). Recorded whatever the code's limit, window or state say now:
+    they were checked when the invoice was made, and the member paid the price shown."""
+    if tx.execute("INSERT INTO code_uses (invoice_row, code_id, user_id, at) VALUES (?, ?, ?, ?) "
+                  "ON CONFLICT (invoice_row) DO NOTHING",
+                  (row["id"], row["code_id"], row["user_id"], now)).rowcount == 1:
+        _audit(tx, now, row["user_id"], "code_used", cause, invoice_id,
+               {"code_id": row["code_id"], "plan": row["plan_id"], "paid": f"{row['amount']} {row['currency']}",
+                "full_amount": f"{row['full_amount']} {row['currency']}"})
 
 
 def _expiry(tx: sqlite3.Connection, user_id: int) -> int | None:

@@ -6,10 +6,12 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 
 from telebot import TeleBot, types
 
 import admin
+import codes
 import texts
 from access import check_rights, missing_rights
 from cryptopay import CryptoPayError
@@ -36,32 +38,59 @@ def _reply(app: App, chat_id: int, text: str, **kwargs) -> None:
 
 
 def on_start(app: App, message: types.Message) -> None:
-    if _menu(app, message):
+    lang = _remember(app, message.from_user)
+    parameter = _start_parameter(message.text)
+    note = None
+    if parameter.startswith("c-"):  # t.me/<bot>?start=c-NAME: a discount code
+        note = texts.t(lang, codes.apply(app.db, message.from_user.id, parameter[2:], app.now(), "link"))
+    if _menu(app, message, lang, note):
         # The way in, again: the sender approves a waiting request or sends the links.
         queue_way_in(app, message.from_user.id, app.now())
         app.wake_sender()
 
 
+def _start_parameter(text: str | None) -> str:
+    """What a deep link put after /start ("" for none); Telegram allows 64 characters."""
+    words = (text or "").split()
+    return words[1][:64] if len(words) == 2 else ""
+
+
 def on_text(app: App, message: types.Message) -> None:
     """Plain text, not a command: the menu that /start shows, rather than silence."""
-    _menu(app, message)
+    _menu(app, message, _remember(app, message.from_user))
 
 
-def _menu(app: App, message: types.Message) -> bool:
-    """The greeting and the plans as buttons (to renew, for a member with time left, who is
-    also told the status). True for such a member."""
+def on_code(app: App, message: types.Message) -> None:
+    """A member's /code NAME: the code is attached to their next invoices, and the plans shown
+    at its prices; a code that does not work gets one answer, whatever the reason."""
     lang = _remember(app, message.from_user)
+    words = (message.text or "").split()[1:]
+    if len(words) != 1:
+        _reply(app, message.chat.id, texts.t(lang, "code_usage"))
+        return
+    answer = codes.apply(app.db, message.from_user.id, words[0], app.now(), "command")
+    if answer != "code_applied":
+        _reply(app, message.chat.id, texts.t(lang, answer))
+        return
+    _menu(app, message, lang, texts.t(lang, answer))
+
+
+def _menu(app: App, message: types.Message, lang: str, note: str | None = None) -> bool:
+    """The greeting and the plans as buttons (to renew, for a member with time left, who is
+    also told the status), after `note` if given. True for a member with time left."""
     now = app.now()
-    expires_at = app.db.expires_at(message.from_user.id)
+    user_id = message.from_user.id
+    expires_at = app.db.expires_at(user_id)
     club = club_name(app)
-    if expires_at and expires_at > now:
+    active = bool(expires_at and expires_at > now)
+    if active:
         text = texts.t(lang, "greeting_active", club=club, date=texts.format_date(expires_at, lang),
                        days_left=texts.days_left(expires_at, now, lang))
-        _reply(app, message.chat.id, text, reply_markup=plans_keyboard(app, lang, renew=True))
-        return True
-    _reply(app, message.chat.id, texts.t(lang, "greeting", club=club),
-           reply_markup=plans_keyboard(app, lang, renew=False))
-    return False
+    else:
+        text = texts.t(lang, "greeting", club=club)
+    _reply(app, message.chat.id, f"{note}\n\n{text}" if note else text,
+           reply_markup=plans_keyboard(app, lang, renew=active, user_id=user_id))
+    return active
 
 
 def on_status(app: App, message: types.Message) -> None:
@@ -133,16 +162,22 @@ def on_plan(app: App, call: types.CallbackQuery) -> None:
         return
     if purchase.trial_expires_at is not None:
         return  # the sender brings "active until" and the way in
+    if purchase.code_refused:
+        _reply(app, call.from_user.id, texts.t(lang, "code_invalid"),
+               reply_markup=plans_keyboard(app, lang, renew=False, user_id=call.from_user.id))
+        return
     invoice = purchase.invoice
-    price = texts.price(plan.amount, plan.currency)
+    price = texts.price(Decimal(invoice["amount"]), plan.currency)
     keyboard = types.InlineKeyboardMarkup()
     if invoice["pay_url"]:
         keyboard.add(types.InlineKeyboardButton(texts.t(lang, "pay_button", price=price), url=invoice["pay_url"]))
     keyboard.add(types.InlineKeyboardButton(texts.t(lang, "check_button"),
                                             callback_data=f"check:{invoice['payment_uuid']}"))
-    _reply(app, call.from_user.id,
-           texts.t(lang, "invoice", title=title, price=price, date=texts.format_date(invoice["expires_at"], lang)),
-           reply_markup=keyboard)
+    text = texts.t(lang, "invoice", title=title, price=price, date=texts.format_date(invoice["expires_at"], lang))
+    if purchase.code is not None:
+        text += "\n\n" + texts.t(lang, "invoice_code", code=purchase.code["name"],
+                                  old=texts.price(plan.amount, plan.currency))
+    _reply(app, call.from_user.id, text, reply_markup=keyboard)
 
 
 def on_check(app: App, call: types.CallbackQuery) -> None:
@@ -233,6 +268,27 @@ def _admin_broadcast(request: AdminRequest) -> None:
     _start_broadcast(request.app, request.message, body)
 
 
+def _admin_code(request: AdminRequest) -> str | None:
+    """/code add NAME ..., /code disable NAME, /code list; an admin's /code NAME applies it as a member's."""
+    words = request.args
+    action = words[0].lower() if words else ""
+    if action == "add":
+        return admin.code_add(request.app.db, request.app.config, words[1:], request.now, request.by, request.lang,
+                              request.app.bot_username)
+    if action == "disable":
+        [name] = request.exactly(2, "admin_usage_code")[1:]
+        return admin.code_disable(request.app.db, name, request.now, request.by, request.lang)
+    if action == "list" and len(words) == 1:
+        return admin.codes_text(request.app.db, request.now, request.lang)
+    on_code(request.app, request.message)
+    return None
+
+
+def _admin_codes(request: AdminRequest) -> str:
+    request.exactly(0, "admin_usage_code")
+    return admin.codes_text(request.app.db, request.now, request.lang)
+
+
 # Command -> handler; a handler returns the reply, or None when it answered in its own way.
 # Registered from these keys: a command exists exactly when it has a handler.
 ADMIN_COMMANDS: dict[str, Callable[[AdminRequest], str | None]] = {
@@ -242,6 +298,8 @@ ADMIN_COMMANDS: dict[str, Callable[[AdminRequest], str | None]] = {
     "user": _admin_user,
     "export": _admin_export,
     "broadcast": _admin_broadcast,
+    "code": _admin_code,
+    "codes": _admin_codes,
 }
 
 
@@ -340,6 +398,7 @@ def register_handlers(bot: TeleBot, app: App) -> None:
     bot.register_message_handler(
         _guarded(app, on_admin), commands=list(ADMIN_COMMANDS), chat_types=private,
         func=lambda m: m.from_user is not None and m.from_user.id in app.config.admin_ids)
+    bot.register_message_handler(_guarded(app, on_code), commands=["code"], chat_types=private)  # after the admins'
     bot.register_message_handler(
         _guarded(app, on_unknown_command), chat_types=private,
         func=lambda m: bool(m.text) and m.text.startswith("/"))

@@ -77,7 +77,7 @@ def join_plans(ctx: Context, chat_id: int, payload: dict) -> None:
     lang = member_language(ctx.app, payload["user_id"])
     title = chat_name(ctx.app, payload["club_chat_id"], lang)
     ctx.send(chat_id, texts.t(lang, "join_request_plans", chat=title),
-             reply_markup=plans_keyboard(ctx.app, lang, renew=False))
+             reply_markup=plans_keyboard(ctx.app, lang, renew=False, user_id=payload["user_id"]))
 
 
 def reminder(ctx: Context, user_id: int, payload: dict) -> None:
@@ -89,7 +89,7 @@ def reminder(ctx: Context, user_id: int, payload: dict) -> None:
     lang = member_language(ctx.app, user_id)
     ctx.send(user_id, texts.t(lang, "reminder", date=texts.format_date(expires_at, lang),
                               days_left=texts.days_left(expires_at, now, lang)),
-             reply_markup=plans_keyboard(ctx.app, lang, renew=True))
+             reply_markup=plans_keyboard(ctx.app, lang, renew=True, user_id=user_id))
 
 
 def expired_notice(ctx: Context, user_id: int, payload: dict) -> None:
@@ -99,7 +99,7 @@ def expired_notice(ctx: Context, user_id: int, payload: dict) -> None:
     lang = member_language(ctx.app, user_id)
     chats = ", ".join(chat_name(ctx.app, chat_id, lang) for chat_id in payload["chats"])
     ctx.send(user_id, texts.t(lang, "expired_notice", chats=chats),
-             reply_markup=plans_keyboard(ctx.app, lang, renew=False))
+             reply_markup=plans_keyboard(ctx.app, lang, renew=False, user_id=user_id))
 
 
 def payment_mismatch(ctx: Context, user_id: int, payload: dict) -> None:

@@ -5,6 +5,7 @@ import logging
 import sqlite3
 from dataclasses import dataclass
 
+import codes
 import texts
 from config import Config, Plan
 from cryptopay import CryptoPayError, UnreadableInvoice
@@ -33,6 +34,8 @@ class Purchase:
     invoice: sqlite3.Row | None = None  # the invoice to pay
     trial_expires_at: int | None = None  # a free plan started
     trial_refused: bool = False
+    code_refused: bool = False  # the member's code no longer works for this plan: nothing was made
+    code: sqlite3.Row | None = None  # the code the invoice was made with
 
 
 def note_crypto_pay(app: App, error: CryptoPayError | None) -> None:
@@ -135,15 +138,25 @@ def buy(app: App, user_id: int, plan: Plan, plan_title: str) -> Purchase:
         except (Exception, Stopping):
             log.warning("getMe failed; the invoice gets no button back to the bot")
     accepted_assets = app.config.accepted_assets
-    reusable = app.db.reusable_invoice(user_id, plan.id, plan.duration, plan.amount, plan.currency,
-                                       plan.is_fiat, accepted_assets, now + REUSE_MARGIN)
+    code = codes.attached(app.db, user_id, now)
+    if code is not None and not codes.covers(code, plan):
+        code = None  # not for this plan: its price is shown without a discount
+    if code is not None and not codes.usable(app.db, code, user_id, now, plan):
+        app.db.attach_code(user_id, None, None, now, "bot")
+        app.db.audit(now, user_id, "code_refused", "bot", detail={"code": code["name"], "plan": plan.id})
+        return Purchase(code_refused=True)
+    amount = plan.amount if code is None else codes.price_for(plan, code)
+    code_id = None if code is None else code["id"]
+    reusable = app.db.reusable_invoice(user_id, plan.id, plan.duration, amount, plan.currency,
+                                       plan.is_fiat, accepted_assets, now + REUSE_MARGIN, code_id)
     if reusable is not None:
-        return Purchase(invoice=reusable)
-    payment_uuid = app.db.start_invoice(user_id, plan.id, plan.duration, plan.amount, plan.currency,
-                                        plan.is_fiat, now, app.config.invoice_ttl, accepted_assets)
+        return Purchase(invoice=reusable, code=code)
+    payment_uuid = app.db.start_invoice(user_id, plan.id, plan.duration, amount, plan.currency,
+                                        plan.is_fiat, now, app.config.invoice_ttl, accepted_assets,
+                                        code_id, None if code is None else plan.amount)
     try:
         invoice = app.cryptopay.create_invoice(
-            amount=plan.amount, currency=plan.currency, fiat=plan.is_fiat, payload=payment_uuid,
+            amount=amount, currency=plan.currency, fiat=plan.is_fiat, payload=payment_uuid,
             description=f"{club_name(app)}: {plan_title}", expires_in=app.config.invoice_ttl,
             accepted_assets=accepted_assets,
             paid_btn_url=f"https://t.me/{app.bot_username}" if app.bot_username else None,
@@ -154,13 +167,13 @@ def buy(app: App, user_id: int, plan: Plan, plan_title: str) -> Purchase:
         note_crypto_pay(app, exc)
         raise
     note_crypto_pay(app, None)
-    if (invoice.amount, invoice.currency) != (plan.amount, plan.currency):
+    if (invoice.amount, invoice.currency) != (amount, plan.currency):
         log.warning("invoice %s was created for %s %s, not %s %s as asked; payments are checked against it",
-                    invoice.invoice_id, invoice.amount, invoice.currency, plan.amount, plan.currency)
+                    invoice.invoice_id, invoice.amount, invoice.currency, amount, plan.currency)
     app.db.invoice_created(payment_uuid, invoice.invoice_id, invoice.pay_url, invoice.amount)
-    log.info("invoice %s created: member %s, plan %s, %s %s", invoice.invoice_id, user_id, plan.id,
-             plan.amount, plan.currency)
-    return Purchase(invoice=app.db.invoice_by_uuid(payment_uuid))
+    log.info("invoice %s created: member %s, plan %s, %s %s%s", invoice.invoice_id, user_id, plan.id,
+             amount, plan.currency, f" (code {code['name']})" if code is not None else "")
+    return Purchase(invoice=app.db.invoice_by_uuid(payment_uuid), code=code)
 
 
 def check(app: App, payment_uuid: str, user_id: int) -> str:

@@ -206,3 +206,47 @@ ALTER TABLE invoices ADD COLUMN accepted_assets TEXT;
 -- When an admin revoked the member's time (NULL: not revoked, or paid since). A revoked
 -- member has no time whatever the clock says.
 ALTER TABLE subscriptions ADD COLUMN revoked_at INTEGER;
+
+-- version: 6
+-- Discount codes. A code takes a percent or an amount (in each plan's own currency) off
+-- the plans it covers ('' = all); its limit and window are checked when an invoice is made.
+CREATE TABLE codes (
+    id          INTEGER PRIMARY KEY,
+    name        TEXT    NOT NULL UNIQUE COLLATE NOCASE,
+    percent     INTEGER CHECK (percent BETWEEN 1 AND 99),
+    off         TEXT,                            -- decimal string; exactly one of percent, off
+    plans       TEXT    NOT NULL DEFAULT '',     -- plan ids, comma-separated; '' = every paid plan
+    max_uses    INTEGER,                         -- NULL: no limit
+    until_at    INTEGER,                         -- usable before this second; NULL: no end
+    first_only  INTEGER NOT NULL DEFAULT 0,      -- only for a member who has never paid
+    disabled_at INTEGER,
+    created_at  INTEGER NOT NULL,
+    created_by  TEXT    NOT NULL,
+    CHECK ((percent IS NULL) != (off IS NULL))
+);
+
+-- An invoice made with a code: which, and the plan's price before the discount (amount is
+-- what the member was asked).
+ALTER TABLE invoices ADD COLUMN code_id INTEGER REFERENCES codes(id);
+ALTER TABLE invoices ADD COLUMN full_amount TEXT;
+
+-- The code a member applied, attached to their next invoices until code_until.
+ALTER TABLE members ADD COLUMN code_id INTEGER REFERENCES codes(id);
+ALTER TABLE members ADD COLUMN code_until INTEGER;
+
+-- A use of a code: written with the payment it discounted, in the same transaction, once.
+CREATE TABLE code_uses (
+    invoice_row INTEGER PRIMARY KEY REFERENCES invoices(id),
+    code_id     INTEGER NOT NULL REFERENCES codes(id),
+    user_id     INTEGER NOT NULL,
+    at          INTEGER NOT NULL
+);
+CREATE INDEX code_uses_code ON code_uses(code_id);
+
+-- A member's wrong codes, for the limit on tries (old rows are deleted as new ones come).
+CREATE TABLE code_tries (
+    id      INTEGER PRIMARY KEY,
+    user_id INTEGER NOT NULL,
+    at      INTEGER NOT NULL
+);
+CREATE INDEX code_tries_user ON code_tries(user_id, at);

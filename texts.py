@@ -25,6 +25,7 @@ TEXTS: dict[str, dict[str, str]] = {
             "/start: plans and payment\n"
             "/status: your membership\n"
             "/link: the way into the club again\n"
+            "/code NAME: apply a discount code\n"
             "/help: this message\n\n"
             "Payment is made in @CryptoBot. Access opens as soon as the payment arrives."
         ),
@@ -73,6 +74,26 @@ TEXTS: dict[str, dict[str, str]] = {
         "granted": "An admin has given you {duration} of membership.\nYour membership is active until {date} ({days_left}).",
         "admin_stats": "Members: {members}\nActive: {active}\nExpiring within 7 days: {expiring}\nPending invoices: {pending}\nRevenue, 30 days: {revenue}\nPayments a day, 30 days: {sparkline} ({payments} in all)",
         "admin_no_revenue": "none",
+        "code_applied": "Code applied: the discounted prices are below. It stays with you for 24 hours.",
+        "code_invalid": "This code does not work: it may be mistyped, used up, expired or not for this plan.",
+        "code_too_many": "Too many tries with codes. Please try again in an hour.",
+        "code_usage": "To apply a discount code, send /code NAME.",
+        "code_price": "{price} instead of {old}",
+        "invoice_code": "Discount code {code}: {old} without it.",
+        "admin_codes": "Discount codes (name, discount, plans, uses/limit, until, state, revenue):\n{codes}",
+        "admin_no_codes": "No discount codes yet. Create one: /code add NAME --percent 20",
+        "admin_code_added": "Code {code} ({discount}) created. Members apply it with /code {code} or the link {link}",
+        "admin_code_disabled": "Code {code} disabled: no new invoices are made with it.",
+        "admin_usage_code": "Usage: /code add NAME (--percent P | --off AMOUNT) [--plans a,b] [--uses N] [--until YYYY-MM-DD] [--first-payment-only], /code disable NAME, /codes",
+        "admin_code_bad_name": "\"{code}\" cannot be a code: use 1 to 32 letters, digits, _ or -, and not add, disable or list.",
+        "admin_code_bad_percent": "--percent {value}: a whole number from 1 to 99.",
+        "admin_code_bad_off": "--off {value}: a positive amount, like 1.5.",
+        "admin_code_bad_uses": "--uses {value}: a whole number from 1 to 1000000.",
+        "admin_code_bad_until": "--until {value}: a date in the future, YYYY-MM-DD (the code works to the end of that day, UTC).",
+        "admin_code_bad_plans": "--plans: no paid plan {plans}; name paid plans by their ids, comma-separated.",
+        "admin_code_too_low": "Refused: plan {plan} ({price}) would cost less than 1% of its price or less than the currency allows.",
+        "admin_code_exists": "A code named {code} exists already (names are case-insensitive).",
+        "admin_code_unknown": "There is no active code named {code}.",
         "admin_usage_grant": "Usage: /grant USER DURATION, e.g. /grant @name 30d or /grant 123456789 7d",
         "admin_usage_revoke": "Usage: /revoke USER, e.g. /revoke @name",
         "admin_usage_user": "Usage: /user USER, e.g. /user @name or /user 123456789",
@@ -126,6 +147,7 @@ TEXTS: dict[str, dict[str, str]] = {
             "/start — тарифы и оплата\n"
             "/status — ваша подписка\n"
             "/link — снова получить вход в клуб\n"
+            "/code КОД — применить код скидки\n"
             "/help — это сообщение\n\n"
             "Оплата проходит в @CryptoBot. Доступ открывается сразу после оплаты."
         ),
@@ -174,6 +196,26 @@ TEXTS: dict[str, dict[str, str]] = {
         "granted": "Администратор выдал вам {duration} подписки.\nВаша подписка активна до {date} ({days_left}).",
         "admin_stats": "Участников: {members}\nАктивных: {active}\nИстекает в ближайшие 7 дней: {expiring}\nНеоплаченных счетов: {pending}\nВыручка за 30 дней: {revenue}\nОплат в день за 30 дней: {sparkline} (всего {payments})",
         "admin_no_revenue": "нет",
+        "code_applied": "Код применён: цены со скидкой ниже. Он действует для вас 24 часа.",
+        "code_invalid": "Этот код не подходит: он введён с ошибкой, исчерпан, истёк или не действует для этого тарифа.",
+        "code_too_many": "Слишком много попыток ввести код. Попробуйте через час.",
+        "code_usage": "Чтобы применить код скидки, отправьте /code КОД.",
+        "code_price": "{price} вместо {old}",
+        "invoice_code": "Код скидки {code}: без него {old}.",
+        "admin_codes": "Коды скидок (код, скидка, тарифы, использовано/лимит, до, состояние, выручка):\n{codes}",
+        "admin_no_codes": "Кодов скидок пока нет. Создать: /code add КОД --percent 20",
+        "admin_code_added": "Код {code} ({discount}) создан. Участники применяют его командой /code {code} или по ссылке {link}",
+        "admin_code_disabled": "Код {code} отключён: новые счета с ним не выставляются.",
+        "admin_usage_code": "Формат: /code add КОД (--percent P | --off СУММА) [--plans a,b] [--uses N] [--until ГГГГ-ММ-ДД] [--first-payment-only], /code disable КОД, /codes",
+        "admin_code_bad_name": "«{code}» не может быть кодом: от 1 до 32 латинских букв, цифр, _ или -, и не add, disable или list.",
+        "admin_code_bad_percent": "--percent {value}: целое число от 1 до 99.",
+        "admin_code_bad_off": "--off {value}: положительная сумма, например 1.5.",
+        "admin_code_bad_uses": "--uses {value}: целое число от 1 до 1000000.",
+        "admin_code_bad_until": "--until {value}: дата в будущем, ГГГГ-ММ-ДД (код действует до конца этого дня по UTC).",
+        "admin_code_bad_plans": "--plans: нет платного тарифа {plans}; укажите id платных тарифов через запятую.",
+        "admin_code_too_low": "Отказано: тариф {plan} ({price}) стоил бы меньше 1% цены или меньше, чем позволяет валюта.",
+        "admin_code_exists": "Код {code} уже есть (регистр букв не важен).",
+        "admin_code_unknown": "Активного кода {code} нет.",
         "admin_usage_grant": "Формат: /grant ПОЛЬЗОВАТЕЛЬ СРОК, например /grant @name 30d или /grant 123456789 7d",
         "admin_usage_revoke": "Формат: /revoke ПОЛЬЗОВАТЕЛЬ, например /revoke @name",
         "admin_usage_user": "Формат: /user ПОЛЬЗОВАТЕЛЬ, например /user @name или /user 123456789",

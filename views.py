@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from telebot import types
 
+import codes
 import texts
 from config import Plan
 from runtime import App
@@ -19,7 +20,9 @@ def plan_title(plan: Plan, lang: str) -> str:
     return plan.title or texts.duration_text(plan.duration, lang)
 
 
-def plans_keyboard(app: App, lang: str, renew: bool) -> types.InlineKeyboardMarkup:
+def plans_keyboard(app: App, lang: str, renew: bool, user_id: int | None = None) -> types.InlineKeyboardMarkup:
+    """The plans as buttons; those that the member's attached code covers show the old and the new price."""
+    code = None if user_id is None else codes.attached(app.db, user_id, app.now())
     keyboard = types.InlineKeyboardMarkup()
     for plan in app.config.plans:
         title = plan_title(plan, lang)
@@ -28,8 +31,11 @@ def plans_keyboard(app: App, lang: str, renew: bool) -> types.InlineKeyboardMark
                 continue
             label = texts.t(lang, "trial_button", title=title)
         else:
-            label = texts.t(lang, "renew_button" if renew else "plan_button",
-                            title=title, price=texts.price(plan.amount, plan.currency))
+            price = texts.price(plan.amount, plan.currency)
+            if code is not None and codes.covers(code, plan):
+                price = texts.t(lang, "code_price", price=texts.price(codes.price_for(plan, code), plan.currency),
+                                old=price)
+            label = texts.t(lang, "renew_button" if renew else "plan_button", title=title, price=price)
         keyboard.add(types.InlineKeyboardButton(label, callback_data=f"plan:{plan.id}"))
     return keyboard
 
