@@ -74,7 +74,12 @@ def floor(plan: Plan) -> Decimal:
 
 
 def covers(code: sqlite3.Row, plan: Plan) -> bool:
-    return not plan.is_trial and (not code["plans"] or plan.id in code["plans"].split(","))
+    """Whether the code discounts this plan: one it names (or any, when it names none), and whose
+    discounted price stays at the floor or above. A plan added or made cheaper after the code
+    was made is not taken below the floor: it is sold at its own price."""
+    if plan.is_trial or (code["plans"] and plan.id not in code["plans"].split(",")):
+        return False
+    return price_for(plan, code) >= floor(plan)
 
 
 def parse(words: list[str], config: Config, now: int) -> CodeSpec:

@@ -198,6 +198,7 @@ class Database:
                  code_id, None if full_amount is None else str(full_amount)),
             )
             if code_id is not None:
+                _reserve_code_use(tx, code_id, user_id, now, payment_uuid)
                 _audit(tx, now, user_id, "code_applied", "bot", None,
                        {"code_id": code_id, "plan": plan_id, "payment_uuid": payment_uuid,
                         "amount": f"{amount} {currency}", "full_amount": f"{full_amount} {currency}"})
@@ -1025,6 +1026,34 @@ def _record_code_use(tx: sqlite3.Connection, row: sqlite3.Row, now: int, cause: 
         _audit(tx, now, row["user_id"], "code_used", cause, invoice_id,
                {"code_id": row["code_id"], "plan": row["plan_id"], "paid": f"{row['amount']} {row['currency']}",
                 "full_amount": f"{row['full_amount']} {row['currency']}"})
+
+
+class CodeTaken(Exception):
+    """A discount code's uses are all taken (paid, or held by invoices still payable), or a
+    first-payment-only code is already held or spent by this member."""
+
+
+def _reserve_code_use(tx: sqlite3.Connection, code_id: int, user_id: int, now: int, payment_uuid: str) -> None:
+    """Hold one of the code's uses for the invoice being recorded, in its transaction: uses paid
+    and invoices still payable with the code count against the limit together, so however many
+    members buy at once, at most `max_uses` discounted payments can come. An invoice that
+    expires unpaid gives its use back."""
+    code = tx.execute("SELECT max_uses, first_only FROM codes WHERE id = ?", (code_id,)).fetchone()
+    held = """SELECT count(*) FROM invoices WHERE code_id = ? AND status IN ('creating', 'pending')
+                AND expires_at > ? AND payment_uuid != ?"""
+    if code["max_uses"] is not None:
+        taken = (tx.execute("SELECT count(*) FROM code_uses WHERE code_id = ?", (code_id,)).fetchone()[0]
+                 + tx.execute(held, (code_id, now, payment_uuid)).fetchone()[0])
+        if taken >= code["max_uses"]:
+            raise CodeTaken(f"code {code_id}: {taken} of {code['max_uses']} uses taken")
+    if code["first_only"]:
+        spent = tx.execute(
+            """SELECT 1 FROM invoices i WHERE i.user_id = ? AND i.payment_uuid != ? AND (i.status = 'paid'
+                 OR (i.status IN ('creating', 'pending') AND i.expires_at > ?
+                     AND i.code_id IN (SELECT id FROM codes WHERE first_only = 1)))""",
+            (user_id, payment_uuid, now)).fetchone()
+        if spent is not None:
+            raise CodeTaken(f"code {code_id}: member {user_id} has paid, or holds a first-payment discount")
 
 
 def _expiry(tx: sqlite3.Connection, user_id: int) -> int | None:

@@ -9,7 +9,7 @@ import codes
 import texts
 from config import Config, Plan
 from cryptopay import CryptoPayError, UnreadableInvoice
-from db import Outcome
+from db import CodeTaken, Outcome
 from kinds import Kind
 from runtime import App
 
@@ -142,18 +142,19 @@ def buy(app: App, user_id: int, plan: Plan, plan_title: str) -> Purchase:
     if code is not None and not codes.covers(code, plan):
         code = None  # not for this plan: its price is shown without a discount
     if code is not None and not codes.usable(app.db, code, user_id, now, plan):
-        app.db.attach_code(user_id, None, None, now, "bot")
-        app.db.audit(now, user_id, "code_refused", "bot", detail={"code": code["name"], "plan": plan.id})
-        return Purchase(code_refused=True)
+        return _code_refused(app, user_id, code, plan, now)
     amount = plan.amount if code is None else codes.price_for(plan, code)
     code_id = None if code is None else code["id"]
     reusable = app.db.reusable_invoice(user_id, plan.id, plan.duration, amount, plan.currency,
                                        plan.is_fiat, accepted_assets, now + REUSE_MARGIN, code_id)
     if reusable is not None:
         return Purchase(invoice=reusable, code=code)
-    payment_uuid = app.db.start_invoice(user_id, plan.id, plan.duration, amount, plan.currency,
-                                        plan.is_fiat, now, app.config.invoice_ttl, accepted_assets,
-                                        code_id, None if code is None else plan.amount)
+    try:
+        payment_uuid = app.db.start_invoice(user_id, plan.id, plan.duration, amount, plan.currency,
+                                            plan.is_fiat, now, app.config.invoice_ttl, accepted_assets,
+                                            code_id, None if code is None else plan.amount)
+    except CodeTaken:  # every use is held by payments or payable invoices: as if the code were used up
+        return _code_refused(app, user_id, code, plan, now)
     try:
         invoice = app.cryptopay.create_invoice(
             amount=amount, currency=plan.currency, fiat=plan.is_fiat, payload=payment_uuid,
@@ -174,6 +175,13 @@ def buy(app: App, user_id: int, plan: Plan, plan_title: str) -> Purchase:
     log.info("invoice %s created: member %s, plan %s, %s %s%s", invoice.invoice_id, user_id, plan.id,
              amount, plan.currency, f" (code {code['name']})" if code is not None else "")
     return Purchase(invoice=app.db.invoice_by_uuid(payment_uuid), code=code)
+
+
+def _code_refused(app: App, user_id: int, code, plan: Plan, now: int) -> Purchase:
+    """The member's code no longer works for this plan: it is detached, and nothing is made."""
+    app.db.attach_code(user_id, None, None, now, "bot")
+    app.db.audit(now, user_id, "code_refused", "bot", detail={"code": code["name"], "plan": plan.id})
+    return Purchase(code_refused=True)
 
 
 def check(app: App, payment_uuid: str, user_id: int) -> str:

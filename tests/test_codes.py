@@ -18,6 +18,7 @@ import texts
 from cryptopay import parse_invoice
 from db import Outcome
 from handlers import register_handlers
+from payments import buy
 
 DAY = 86400
 INVALID = "This code does not work"
@@ -313,8 +314,36 @@ def test_a_payment_that_does_not_match_uses_nothing(app, cryptopay):
     assert uses(app) == 0
 
 
+def test_a_limited_codes_uses_are_held_by_the_invoices_made_with_it(app, cryptopay):
+    """Ten members buying at once cannot get more discounted invoices than the code has uses; an
+    invoice that expires unpaid gives its use back."""
+    add(app, "LAST --percent 20 --uses 2")
+    made = []
+    for user_id in range(501, 511):
+        app.db.upsert_member(user_id, f"m{user_id}", "Member", "en", app.now())
+        assert codes.apply(app.db, user_id, "LAST", app.now(), "command") == "code_applied"
+        made.append(buy(app, user_id, app.config.plan("month"), "month"))
+    assert [p.invoice is not None for p in made] == [True, True] + [False] * 8
+    assert all(p.code_refused for p in made[2:])
+    for purchase in made[:2]:
+        paid_invoice = parse_invoice(cryptopay.pay(purchase.invoice["invoice_id"]))
+        assert app.db.apply_invoice(paid_invoice, "webhook", app.now(), frozenset()).outcome is Outcome.APPLIED
+    assert uses(app) == 2
+
+
+def test_an_unpaid_invoice_gives_its_use_back_when_it_expires(app, cryptopay):
+    add(app, "ONE --percent 20 --uses 1")
+    assert code_with_invoice(app, "ONE", user_id=501) is not None
+    app.db.upsert_member(502, "m502", "Member", "en", app.now())
+    assert codes.apply(app.db, 502, "ONE", app.now(), "command") == "code_applied"
+    assert buy(app, 502, app.config.plan("month"), "month").code_refused  # 501's invoice holds the use
+    app.clock.advance(app.config.invoice_ttl + 1)
+    assert codes.apply(app.db, 502, "ONE", app.now(), "command") == "code_applied"
+    assert buy(app, 502, app.config.plan("month"), "month").invoice is not None
+
+
 def test_members_racing_for_the_last_use_are_all_honoured_and_every_use_recorded(app, cryptopay):
-    add(app, "LAST --percent 20 --uses 1")
+    add(app, "LAST --percent 20 --uses 3")
     invoices = [code_with_invoice(app, "LAST", user_id=user_id) for user_id in (501, 502, 503)]
     paid_ones = [parse_invoice(cryptopay.pay(i["invoice_id"])) for i in invoices]
     barrier = threading.Barrier(len(paid_ones))
@@ -362,6 +391,23 @@ def test_a_first_payment_only_code_is_for_members_who_never_paid(app, cryptopay)
     assert codes.apply(app.db, 501, "NEW", app.now(), "command") == "code_invalid"
 
 
+def test_a_first_payment_only_code_discounts_one_invoice_of_a_member_not_two(app, cryptopay):
+    assert code_with_invoice(app, "NEW --percent 50 --first-payment-only", user_id=502, plan="month") is not None
+    second = buy(app, 502, app.config.plan("year"), "year")
+    assert second.code_refused and second.invoice is None
+
+
+def test_a_plan_cheapened_after_the_code_was_made_is_not_taken_below_the_floor(app, make_app):
+    add(app, "BIG --off 4")  # month costs 5 USDT: 1 USDT after the code, above the floor
+    cheaper = make_app(PLANS="month:30d:3:USDT,year:365d:50:USDT")
+    month = cheaper.config.plan("month")
+    assert not codes.covers(cheaper.db.code("BIG"), month)  # 3 - 4 would be below zero
+    cheaper.db.upsert_member(501, "m501", "Member", "en", cheaper.now())
+    assert codes.apply(cheaper.db, 501, "BIG", cheaper.now(), "command") == "code_applied"
+    purchase = buy(cheaper, 501, month, "month")
+    assert purchase.invoice is not None and purchase.invoice["amount"] == "3" and purchase.invoice["code_id"] is None
+
+
 def test_stats_and_export_show_each_code(app, cryptopay, bot, telegram):
     invoice = code_with_invoice(app)
     app.db.apply_invoice(parse_invoice(cryptopay.pay(invoice["invoice_id"])), "webhook", app.now(), frozenset())
@@ -398,7 +444,7 @@ def test_two_processes_racing_for_the_last_use_honour_every_payment_once(app, cr
 
     from conftest import ROOT
 
-    add(app, "LAST --percent 20 --uses 1")
+    add(app, "LAST --percent 20 --uses 3")  # three invoices hold the three uses
     bodies = {user_id: cryptopay.pay(code_with_invoice(app, "LAST", user_id=user_id)["invoice_id"])
               for user_id in (501, 502, 503)}
     go = tmp_path / "go"
