@@ -43,6 +43,8 @@ def stats_text(db: Database, now: int, lang: str) -> str:
                    expiring=stats["expiring"], pending=stats["pending"],
                    revenue=revenue or texts.t(lang, "admin_no_revenue"),
                    sparkline=sparkline(stats["daily"]), payments=sum(stats["daily"]))
+    if stats["gifts"]:
+        text += "\n" + texts.t(lang, "admin_gifts", created=stats["gifts"], redeemed=stats["gifts_redeemed"])
     lines = codes.list_lines(db, now)
     return text + ("\n\n" + texts.t(lang, "admin_codes", codes="\n".join(lines)) if lines else "")
 

@@ -349,6 +349,35 @@ def cmd_code(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gift(config: Config, args: argparse.Namespace) -> int:
+    """gift create --plan ID --count N [--out FILE]: the links as CSV; gift list: who redeemed which."""
+    import gifts
+
+    app = _open(config)
+    if args.action == "list":
+        print("\n".join(gifts.list_lines(app.db)) or "No gift links yet.")
+        return 0
+    if args.plan is None or args.count is None:
+        raise CommandError("gift create needs --plan ID and --count N")
+    now = app.now()
+    try:
+        made = gifts.create(app.db, config, args.plan, args.count, now, "cli")
+    except gifts.GiftError as error:
+        raise CommandError(str(error)) from None
+    if not args.out or args.out == "-":
+        gifts.write_csv(sys.stdout, made, args.plan, now, app.bot_username)
+        return 0
+    target = Path(args.out)
+
+    def write(fd: int, _partial: Path) -> int:
+        with open(fd, "w", encoding="utf-8", newline="", closefd=False) as stream:
+            return gifts.write_csv(stream, made, args.plan, now, app.bot_username)
+
+    rows = _write_output(target, config, "gift create", gifts.csv_header(), write)
+    print(f"gift create: {rows} links written to {target}", file=sys.stderr)
+    return 0
+
+
 def cmd_export(config: Config, args: argparse.Namespace) -> int:
     import admin
 
@@ -462,6 +491,12 @@ COMMANDS: dict[str, Command] = {
                               "[--until YYYY-MM-DD] [--first-payment-only], code list, code disable NAME",
                     (("action", {"choices": ["add", "list", "disable"]}),
                      ("words", {"nargs": argparse.REMAINDER, "help": "NAME and the options"}))),
+    "gift": Command(cmd_gift, "gift links: gift create --plan ID --count N [--out FILE] (single-use links, as CSV), "
+                              "gift list",
+                    (("action", {"choices": ["create", "list"]}),
+                     ("--plan", {"metavar": "ID", "help": "the plan whose time each link gives"}),
+                     ("--count", {"metavar": "N", "type": int, "help": "how many links (1 to 10000)"}),
+                     ("--out", {"metavar": "FILE", "help": "CSV file to write (default: stdout)"}))),
     "export": Command(cmd_export, "members and payments as CSV, to FILE or stdout",
                       (("file", {"nargs": "?", "help": "CSV file to write (default: stdout)"}),)),
     "backup": Command(cmd_backup, "a consistent copy of the database, safe while the bot runs",

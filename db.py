@@ -665,6 +665,8 @@ class Database:
             "pending": one("SELECT count(*) FROM invoices WHERE status = 'pending'"),
             "revenue": dict(sorted(revenue.items())),
             "daily": daily,
+            "gifts": one("SELECT count(*) FROM gifts"),
+            "gifts_redeemed": one("SELECT count(*) FROM gifts WHERE redeemed_at IS NOT NULL"),
         }
 
     def member_invoices(self, user_id: int, limit: int = 20) -> list[sqlite3.Row]:
@@ -761,9 +763,50 @@ class Database:
     def wrong_code(self, user_id: int, name: str, now: int, how: str, forget_before: int) -> None:
         """Count a code that did not work (for the limit on tries), and audit it."""
         with self.transaction() as tx:
-            tx.execute("DELETE FROM code_tries WHERE user_id = ? AND at <= ?", (user_id, forget_before))
-            tx.execute("INSERT INTO code_tries (user_id, at) VALUES (?, ?)", (user_id, now))
+            _wrong_try(tx, user_id, now, forget_before)
             _audit(tx, now, user_id, "code_refused", how, detail={"code": name[:64]})
+
+    # --- gift links ---
+
+    def add_gifts(self, links: list[tuple[str, str]], plan_id: str, duration: int, now: int, by: str) -> None:
+        """Store gift links as (token hash, short id), all or none."""
+        with self.transaction() as tx:
+            tx.executemany("INSERT INTO gifts (token_hash, short_id, plan_id, duration, created_at, created_by) "
+                           "VALUES (?, ?, ?, ?, ?, ?)",
+                           [(token_hash, short_id, plan_id, duration, now, by) for token_hash, short_id in links])
+            _audit(tx, now, None, "gifts_created", by, detail={"plan": plan_id, "count": len(links)})
+
+    def redeem_gift(self, token_hash: str, user_id: int, now: int) -> tuple[str, int | None]:
+        """Give the gift's time to the first member to open its link: ("redeemed", its duration);
+        ("used", None) when it was redeemed before (by anyone), ("unknown", None) for no such gift."""
+        with self.transaction() as tx:
+            gift = tx.execute("SELECT * FROM gifts WHERE token_hash = ?", (token_hash,)).fetchone()
+            if gift is None:
+                return "unknown", None
+            if tx.execute("UPDATE gifts SET redeemed_by = ?, redeemed_at = ? WHERE token_hash = ? "
+                          "AND redeemed_at IS NULL", (user_id, now, token_hash)).rowcount != 1:
+                return "used", None
+            tx.execute("INSERT INTO members (user_id, uuid, created_at) VALUES (?, ?, ?) "
+                       "ON CONFLICT (user_id) DO NOTHING", (user_id, str(uuid.uuid4()), now))
+            new_expiry = extend_subscription(tx, user_id, gift["duration"], now)
+            _audit(tx, now, user_id, "gift_redeemed", "link", detail={
+                "gift": gift["short_id"], "plan": gift["plan_id"], "duration": gift["duration"],
+                "expires_at": new_expiry})
+            enqueue(tx, Kind.GRANTED, user_id, {"duration": gift["duration"], "expires_at": new_expiry,
+                                                "gift": gift["short_id"]}, now, PRIORITY_NOW)
+            return "redeemed", gift["duration"]
+
+    def wrong_gift(self, user_id: int, now: int, forget_before: int) -> None:
+        """Count a gift link that does not work toward the codes' limit on tries, and audit it."""
+        with self.transaction() as tx:
+            _wrong_try(tx, user_id, now, forget_before)
+            _audit(tx, now, user_id, "gift_refused", "link")
+
+    def gifts(self) -> list[sqlite3.Row]:
+        """Every gift link with the member who redeemed it (if any)."""
+        return self.connect().execute(
+            "SELECT g.short_id, g.plan_id, g.created_at, g.redeemed_by, g.redeemed_at, m.username "
+            "FROM gifts g LEFT JOIN members m ON m.user_id = g.redeemed_by ORDER BY g.id").fetchall()
 
     def start_broadcast(self, admin_chat: int, text: str, now: int,
                         command_key: str | None = None) -> tuple[int, int] | None:
@@ -1014,6 +1057,12 @@ def extend_subscription(tx: sqlite3.Connection, user_id: int, duration: int, now
            RETURNING expires_at""",
         (user_id, now, duration),
     ).fetchone()[0]
+
+
+def _wrong_try(tx: sqlite3.Connection, user_id: int, now: int, forget_before: int) -> None:
+    """One wrong code or gift link, for the limit on tries; the ones out of the window are forgotten."""
+    tx.execute("DELETE FROM code_tries WHERE user_id = ? AND at <= ?", (user_id, forget_before))
+    tx.execute("INSERT INTO code_tries (user_id, at) VALUES (?, ?)", (user_id, now))
 
 
 def _record_code_use(tx: sqlite3.Connection, row: sqlite3.Row, now: int, cause: str, invoice_id: int) -> None:

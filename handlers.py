@@ -12,6 +12,7 @@ from telebot import TeleBot, types
 
 import admin
 import codes
+import gifts
 import texts
 from access import check_rights, missing_rights
 from cryptopay import CryptoPayError
@@ -40,10 +41,16 @@ def _reply(app: App, chat_id: int, text: str, **kwargs) -> None:
 def on_start(app: App, message: types.Message) -> None:
     lang = _remember(app, message.from_user)
     parameter = _start_parameter(message.text)
-    note = None
+    note, gift = None, None
     if parameter.startswith("c-"):  # t.me/<bot>?start=c-NAME: a discount code
         note = texts.t(lang, codes.apply(app.db, message.from_user.id, parameter[2:], app.now(), "link"))
-    if _menu(app, message, lang, note):
+    elif parameter.startswith("g-"):  # t.me/<bot>?start=g-TOKEN: a gift link
+        gift, duration = gifts.redeem(app.db, message.from_user.id, parameter[2:], app.now())
+        note = texts.t(lang, gift, duration=texts.duration_text(duration, lang) if duration else "")
+    if gift == "gift_redeemed":
+        _menu(app, message, lang, note)
+        app.wake_sender()  # the gift's message, queued with it, brings the way in
+    elif _menu(app, message, lang, note):
         # The way in, again: the sender approves a waiting request or sends the links.
         queue_way_in(app, message.from_user.id, app.now())
         app.wake_sender()

@@ -51,7 +51,8 @@ def granted(ctx: Context, user_id: int, payload: dict) -> None:
         return  # revoked again meanwhile
     lang = member_language(ctx.app, user_id)
     now = ctx.app.now()
-    header = texts.t(lang, "granted", duration=texts.duration_text(payload["duration"], lang),
+    key = "gift_granted" if payload.get("gift") else "granted"  # a gift link's time, or an admin's
+    header = texts.t(lang, key, duration=texts.duration_text(payload["duration"], lang),
                      date=texts.format_date(expires_at, lang), days_left=texts.days_left(expires_at, now, lang))
     _send_way_in(ctx, user_id, lang, header)
 

@@ -250,3 +250,18 @@ CREATE TABLE code_tries (
     at      INTEGER NOT NULL
 );
 CREATE INDEX code_tries_user ON code_tries(user_id, at);
+
+-- version: 7
+-- Gift links made by the owner. Only the sha256 of each link's token is kept (a copy of the
+-- database gives no usable link), with a short public id: its hash's first 8 characters.
+CREATE TABLE gifts (
+    id          INTEGER PRIMARY KEY,
+    token_hash  TEXT    NOT NULL UNIQUE,
+    short_id    TEXT    NOT NULL,
+    plan_id     TEXT    NOT NULL,
+    duration    INTEGER NOT NULL CHECK (duration > 0),  -- the plan's, when the link was made
+    created_at  INTEGER NOT NULL,
+    created_by  TEXT    NOT NULL,
+    redeemed_by INTEGER,                                -- the member who opened it first
+    redeemed_at INTEGER
+);

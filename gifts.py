@@ -1,0 +1,102 @@
+"""Gift links made by the owner: single-use links that give a plan's time to the first member
+who opens them, as a grant would.
+
+A link is `t.me/<bot>?start=g-<token>`. Only the token's sha256 is stored, with a short
+public id (the hash's first 8 characters) for the owner's lists and the audit log, so a copy
+of the database holds no usable link. A link that does not work counts toward the same limit
+on wrong tries as the discount codes (codes.TRIES within codes.TRIES_WINDOW).
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import re
+import secrets
+from datetime import UTC, datetime
+from typing import TextIO
+
+import codes
+from config import Config
+from db import Database
+
+MAX_COUNT = 10_000
+TOKEN_BYTES = 32  # 256 bits; 43 characters, and "g-" + token stays within Telegram's 64
+TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{43}")
+SHORT_ID = 8
+HEADER = ("link", "id", "plan", "created")
+
+
+class GiftError(Exception):
+    """A `gift create` the owner should correct; the message says how."""
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("ascii")).hexdigest()
+
+
+def link(bot_username: str | None, token: str) -> str:
+    return f"https://t.me/{bot_username or '<bot>'}?start=g-{token}"
+
+
+def create(db: Database, config: Config, plan_id: str, count: int, now: int, by: str) -> list[tuple[str, str]]:
+    """Make `count` links for the plan's time; (token, short id) for each, in the order made."""
+    plan = config.plan(plan_id)
+    if plan is None:
+        known = ", ".join(p.id for p in config.plans)
+        raise GiftError(f"--plan {plan_id[:40]}: no such plan (the plans: {known})")
+    if not 1 <= count <= MAX_COUNT:
+        raise GiftError(f"--count {count}: from 1 to {MAX_COUNT}")
+    made: dict[str, tuple[str, str]] = {}
+    while len(made) < count:
+        token = secrets.token_urlsafe(TOKEN_BYTES)
+        digest = token_hash(token)
+        made[digest] = (token, digest[:SHORT_ID])
+    db.add_gifts([(digest, short_id) for digest, (_, short_id) in made.items()], plan.id, plan.duration, now, by)
+    return list(made.values())
+
+
+def write_csv(stream: TextIO, made: list[tuple[str, str]], plan_id: str, now: int,
+              bot_username: str | None) -> int:
+    """The links as CSV (link, id, plan, created); the number of rows."""
+    writer = csv.writer(stream)
+    writer.writerow(HEADER)
+    created = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    for token, short_id in made:
+        writer.writerow((link(bot_username, token), short_id, plan_id, created))
+    return len(made)
+
+
+def csv_header() -> bytes:
+    """How every file `gift create --out` writes begins: only such a file is replaced."""
+    return ",".join(HEADER).encode("ascii")
+
+
+def redeem(db: Database, user_id: int, token: str, now: int) -> tuple[str, int | None]:
+    """A member opened a gift link: the text key of the answer, and the time given (or None).
+    Unknown and malformed tokens get one answer and count as wrong tries; a link used before
+    (by anyone) gets another."""
+    if db.wrong_code_tries(user_id, now - codes.TRIES_WINDOW) >= codes.TRIES:
+        return "code_too_many", None
+    result, duration = db.redeem_gift(token_hash(token), user_id, now) if TOKEN_RE.fullmatch(token) \
+        else ("unknown", None)
+    if result == "unknown":
+        db.wrong_gift(user_id, now, now - codes.TRIES_WINDOW)
+        return "gift_invalid", None
+    return ("gift_used", None) if result == "used" else ("gift_redeemed", duration)
+
+
+def list_lines(db: Database) -> list[str]:
+    """One line a link: short id, plan, created, and who redeemed it when (or "not redeemed")."""
+    lines = []
+    for gift in db.gifts():
+        line = f"{gift['short_id']} plan:{gift['plan_id']} created:{_day(gift['created_at'])} "
+        if gift["redeemed_at"] is None:
+            lines.append(line + "not redeemed")
+        else:
+            who = f"{gift['redeemed_by']}" + (f" @{gift['username']}" if gift["username"] else "")
+            lines.append(line + f"redeemed by {who} at {_day(gift['redeemed_at'])}")
+    return lines
+
+
+def _day(at: int) -> str:
+    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M UTC")
