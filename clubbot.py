@@ -16,6 +16,7 @@ if sys.version_info < (3, 11):  # noqa: UP036 (for the Pythons that ruff's targe
 import argparse
 import json
 import logging
+import os
 import signal
 import sqlite3
 import threading
@@ -361,19 +362,25 @@ def cmd_gift(config: Config, args: argparse.Namespace) -> int:
         raise CommandError("gift create needs --plan ID and --count N")
     now = app.now()
     try:
-        made = gifts.create(app.db, config, args.plan, args.count, now, "cli")
+        plan, made = gifts.make(config, args.plan, args.count)
     except gifts.GiftError as error:
         raise CommandError(str(error)) from None
     if not args.out or args.out == "-":
+        gifts.store(app.db, plan, made, now, "cli")
         gifts.write_csv(sys.stdout, made, args.plan, now, app.bot_username)
         return 0
     target = Path(args.out)
+    if os.path.lexists(target):  # it would hold links still redeemable, lost with it
+        raise CommandError(f"gift create: {target} exists, and gift links are never written over; "
+                           f"choose a new file")
 
     def write(fd: int, _partial: Path) -> int:
         with open(fd, "w", encoding="utf-8", newline="", closefd=False) as stream:
             return gifts.write_csv(stream, made, args.plan, now, app.bot_username)
 
+    # The file first: a link must not work unless someone has it.
     rows = _write_output(target, config, "gift create", gifts.csv_header(), write)
+    gifts.store(app.db, plan, made, now, "cli")
     print(f"gift create: {rows} links written to {target}", file=sys.stderr)
     return 0
 

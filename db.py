@@ -180,6 +180,13 @@ class Database:
              _assets_column(fiat, accepted_assets), code_id, valid_after),
         ).fetchone()
 
+    def held_invoice(self, user_id: int, plan_id: str, code_id: int | None, now: int) -> sqlite3.Row | None:
+        """The member's own invoice for this plan and code that is still payable, however soon it
+        expires (reusable_invoice wants one with minutes left)."""
+        return self.connect().execute(
+            """SELECT * FROM invoices WHERE user_id = ? AND plan_id = ? AND code_id IS ? AND status = 'pending'
+                 AND expires_at > ? ORDER BY expires_at DESC LIMIT 1""", (user_id, plan_id, code_id, now)).fetchone()
+
     def start_invoice(self, user_id: int, plan_id: str, duration: int, amount: Decimal,
                       currency: str, fiat: bool, now: int, ttl: int,
                       accepted_assets: tuple[str, ...] = (), code_id: int | None = None,

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import TextIO
 
 import codes
-from config import Config
+from config import Config, Plan
 from db import Database
 
 MAX_COUNT = 10_000
@@ -38,8 +38,8 @@ def link(bot_username: str | None, token: str) -> str:
     return f"https://t.me/{bot_username or '<bot>'}?start=g-{token}"
 
 
-def create(db: Database, config: Config, plan_id: str, count: int, now: int, by: str) -> list[tuple[str, str]]:
-    """Make `count` links for the plan's time; (token, short id) for each, in the order made."""
+def make(config: Config, plan_id: str, count: int) -> tuple[Plan, list[tuple[str, str]]]:
+    """`count` new links for the plan: (token, short id) each, not stored yet."""
     plan = config.plan(plan_id)
     if plan is None:
         known = ", ".join(p.id for p in config.plans)
@@ -51,8 +51,19 @@ def create(db: Database, config: Config, plan_id: str, count: int, now: int, by:
         token = secrets.token_urlsafe(TOKEN_BYTES)
         digest = token_hash(token)
         made[digest] = (token, digest[:SHORT_ID])
-    db.add_gifts([(digest, short_id) for digest, (_, short_id) in made.items()], plan.id, plan.duration, now, by)
-    return list(made.values())
+    return plan, list(made.values())
+
+
+def store(db: Database, plan: Plan, made: list[tuple[str, str]], now: int, by: str) -> None:
+    """Make the links work: their hashes in the database, all or none."""
+    db.add_gifts([(token_hash(token), short_id) for token, short_id in made], plan.id, plan.duration, now, by)
+
+
+def create(db: Database, config: Config, plan_id: str, count: int, now: int, by: str) -> list[tuple[str, str]]:
+    """Make and store `count` links for the plan's time; (token, short id) for each."""
+    plan, made = make(config, plan_id, count)
+    store(db, plan, made, now, by)
+    return made
 
 
 def write_csv(stream: TextIO, made: list[tuple[str, str]], plan_id: str, now: int,

@@ -154,6 +154,9 @@ def buy(app: App, user_id: int, plan: Plan, plan_title: str) -> Purchase:
                                             plan.is_fiat, now, app.config.invoice_ttl, accepted_assets,
                                             code_id, None if code is None else plan.amount)
     except CodeTaken:  # every use is held by payments or payable invoices: as if the code were used up
+        held = app.db.held_invoice(user_id, plan.id, code_id, now)
+        if held is not None:  # by the member's own invoice, in its last minutes: still theirs to pay
+            return Purchase(invoice=held, code=code)
         return _code_refused(app, user_id, code, plan, now)
     try:
         invoice = app.cryptopay.create_invoice(

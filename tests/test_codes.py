@@ -461,3 +461,12 @@ def test_two_processes_racing_for_the_last_use_honour_every_payment_once(app, cr
     assert sorted(outcomes) == ["APPLIED"] * 3 + ["DUPLICATE"]
     assert uses(app) == 3
     assert all(app.db.expires_at(user_id) == START + 30 * DAY for user_id in (501, 502, 503))
+
+
+def test_pressing_the_plan_again_in_the_last_minutes_of_ones_own_discounted_invoice_keeps_it(app, cryptopay):
+    add(app, "ONE --percent 20 --uses 1")
+    first = code_with_invoice(app, "ONE", user_id=501)
+    app.clock.advance(app.config.invoice_ttl - 60)  # a minute left: too little to reuse, still payable
+    again = buy(app, 501, app.config.plan("month"), "month")
+    assert not again.code_refused and again.invoice["payment_uuid"] == first["payment_uuid"]
+    assert app.db.member(501)["code_id"] is not None  # the code stays with the member

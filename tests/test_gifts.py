@@ -148,3 +148,19 @@ def test_the_csv_has_one_row_a_link(app):
     rows = list(csv.reader(stream.getvalue().splitlines()))
     assert rows[0] == ["link", "id", "plan", "created"]
     assert [row[0] for row in rows[1:]] == [f"https://t.me/club_test_bot?start=g-{t}" for t, _ in made]
+
+
+def test_gift_links_are_never_written_over_and_none_work_unless_written(app, env, tmp_path):
+    """A second batch to the same file would lose the first while its links still work; a file
+    that cannot be written must not leave links that no one has."""
+    out = tmp_path / "gifts.csv"
+    code, _, err = run_cli(env, tmp_path, "gift", "create", "--plan", "month", "--count", "3", "--out", str(out))
+    assert code == 0, err
+    first = out.read_text()
+    code, _, err = run_cli(env, tmp_path, "gift", "create", "--plan", "month", "--count", "2", "--out", str(out))
+    assert code == 1 and "never written over" in err
+    assert out.read_text() == first
+    code, _, err = run_cli(env, tmp_path, "gift", "create", "--plan", "month", "--count", "4",
+                           "--out", str(tmp_path / "missing" / "gifts.csv"))
+    assert code == 1 and "does not exist" in err
+    assert app.db.connect().execute("SELECT count(*) FROM gifts").fetchone()[0] == 3
