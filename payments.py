@@ -130,13 +130,7 @@ def buy(app: App, user_id: int, plan: Plan, plan_title: str) -> Purchase:
         log.info("trial started: member %s, plan %s, until %s", user_id, plan.id, texts.log_date(expires_at))
         app.wake_sender()
         return Purchase(trial_expires_at=expires_at)
-    if app.bot_username is None and app.bot is not None:
-        from tg import Stopping, learn_bot  # here: the webhook server, a user of this module, needs no telebot
-
-        try:  # for the invoice's return button; getMe failed at start
-            learn_bot(app)
-        except (Exception, Stopping):
-            log.warning("getMe failed; the invoice gets no button back to the bot")
+    _learn_username(app)
     accepted_assets = app.config.accepted_assets
     code = codes.attached(app.db, user_id, now)
     if code is not None and not codes.covers(code, plan):
@@ -178,6 +172,17 @@ def buy(app: App, user_id: int, plan: Plan, plan_title: str) -> Purchase:
     log.info("invoice %s created: member %s, plan %s, %s %s%s", invoice.invoice_id, user_id, plan.id,
              amount, plan.currency, f" (code {code['name']})" if code is not None else "")
     return Purchase(invoice=app.db.invoice_by_uuid(payment_uuid), code=code)
+
+
+def _learn_username(app: App) -> None:
+    """The bot's username, for the invoice's return button, if getMe failed at start."""
+    if app.bot_username is None and app.bot is not None:
+        from tg import Stopping, learn_bot  # here: the webhook server, a user of this module, needs no telebot
+
+        try:
+            learn_bot(app)
+        except (Exception, Stopping):
+            log.warning("getMe failed; the invoice gets no button back to the bot")
 
 
 def _code_refused(app: App, user_id: int, code, plan: Plan, now: int) -> Purchase:
