@@ -89,15 +89,13 @@ class Poller:
                 log.exception("poller: checking whether webhooks arrive failed")
             try:
                 poll_once(self.app, self.watch)
-            except CryptoPayError as exc:
+            except Exception as exc:  # Crypto Pay, or the database, say: each backed off alike
                 failures += 1
                 delay = min(interval * 2 ** failures, max(interval, 300))
-                log.warning("poller: Crypto Pay failed (%s); next try in %ss", exc, delay)
-                continue
-            except Exception:  # the database, say: backed off as Crypto Pay is, not a traceback a second
-                failures += 1
-                delay = min(interval * 2 ** failures, max(interval, 300))
-                log.exception("poller: unexpected failure; next try in %ss", delay)
+                if isinstance(exc, CryptoPayError):
+                    log.warning("poller: Crypto Pay failed (%s); next try in %ss", exc, delay)
+                else:
+                    log.exception("poller: unexpected failure; next try in %ss", delay)
                 continue
             if failures:
                 log.info("poller: Crypto Pay answers again")

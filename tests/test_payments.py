@@ -151,22 +151,28 @@ def test_the_poller_thread_polls_at_start_not_after_one_interval(app, cryptopay)
     assert not thread.is_alive()
 
 
-def test_the_poller_backs_off_while_crypto_pay_is_down(app, cryptopay, monkeypatch):
-    user = member(app)
-    buy(app, user, app.config.plan("month"), "month")
-    failure = (502, b"<html>bad gateway</html>")
-    cryptopay.fail("getInvoices", *[failure] * 100)
+def poller_waits(app, monkeypatch, rounds: int = 5) -> list:
+    """Run the poller for `rounds` turns without waiting; the delay it asked before each."""
     waits = []
     original_wait = app.stop.wait
 
     def recording_wait(delay=None):
         waits.append(delay)
-        if len(waits) >= 5:
+        if len(waits) >= rounds:
             app.stop.set()
         return original_wait(0)
 
     monkeypatch.setattr(app.stop, "wait", recording_wait)
     Poller(app).run()
+    return waits
+
+
+def test_the_poller_backs_off_while_crypto_pay_is_down(app, cryptopay, monkeypatch):
+    user = member(app)
+    buy(app, user, app.config.plan("month"), "month")
+    failure = (502, b"<html>bad gateway</html>")
+    cryptopay.fail("getInvoices", *[failure] * 100)
+    waits = poller_waits(app, monkeypatch)
     assert waits[0] == 0  # first poll at once
     assert waits[1:5] == [2, 4, 8, 16]  # POLL_INTERVAL=1s, doubling while Crypto Pay fails
 
@@ -177,18 +183,7 @@ def test_the_poller_backs_off_on_an_unexpected_failure_too(app, monkeypatch):
     import workers
 
     monkeypatch.setattr(workers, "poll_once", lambda app, watch: (_ for _ in ()).throw(OSError("disk full")))
-    waits = []
-    original_wait = app.stop.wait
-
-    def recording_wait(delay=None):
-        waits.append(delay)
-        if len(waits) >= 5:
-            app.stop.set()
-        return original_wait(0)
-
-    monkeypatch.setattr(app.stop, "wait", recording_wait)
-    Poller(app).run()
-    assert waits[1:5] == [2, 4, 8, 16]
+    assert poller_waits(app, monkeypatch)[1:5] == [2, 4, 8, 16]
 
 
 def test_crypto_pay_errors_carry_the_name_and_http_status():
