@@ -36,9 +36,10 @@ PRIORITY_NOW = 0  # activations, approvals: a member is waiting
 PRIORITY_NORMAL = 5  # alerts, reminders, removals
 PRIORITY_BULK = 9  # broadcasts
 
-# The alert states that any webhook of ours, arriving, shows to be over (payments.note_webhook,
+# The alert states that any webhook of ours, arriving, shows to be over (payments.note_webhooks_missing,
 # payments.note_unusable_webhook): set back to ok in the transaction that records the arrival.
-WEBHOOK_STATES = ("webhook", "webhook_unusable")
+WEBHOOK_STATE, UNUSABLE_STATE = "webhook", "webhook_unusable"
+WEBHOOK_STATES = (WEBHOOK_STATE, UNUSABLE_STATE)
 _WEBHOOKS_WORK = "UPDATE state SET value = 'ok' WHERE key IN (?, ?) AND value = 'bad'"
 
 def load_migrations(text: str) -> list[tuple[int, str]]:

@@ -9,7 +9,7 @@ import codes
 import texts
 from config import Config, Plan
 from cryptopay import CryptoPayError, UnreadableInvoice
-from db import CodeTaken, Outcome
+from db import UNUSABLE_STATE, WEBHOOK_STATE, CodeTaken, Outcome
 from kinds import Kind
 from runtime import App
 
@@ -51,20 +51,20 @@ def note_crypto_pay(app: App, error: CryptoPayError | None) -> None:
         app.wake_sender()
 
 
-def note_webhook(app: App, arrived: bool, invoice_id: int) -> None:
-    """Webhooks are not arriving (the poller's watch saw none) or arrive again (one for an
-    invoice of ours came): alert admins once per outage, and again only after they worked."""
-    if app.db.alert_state("webhook", not arrived, app.now(), app.config.admin_ids, Kind.ADMIN_WEBHOOK,
+def note_webhooks_missing(app: App, invoice_id: int) -> None:
+    """Webhooks are not arriving (the poller's watch saw none): alert admins once per outage.
+    The next webhook of ours ends the outage (db.apply_invoice clears WEBHOOK_STATE)."""
+    if app.db.alert_state(WEBHOOK_STATE, True, app.now(), app.config.admin_ids, Kind.ADMIN_WEBHOOK,
                           {"invoice_id": invoice_id}, announce_recovery=False):
-        if not arrived:
-            log.error("webhooks are not arriving: invoice %s was applied by the poller and no webhook came "
-                      "within %ss; check the webhook URL in @CryptoBot", invoice_id, WEBHOOK_GRACE)
+        log.error("webhooks are not arriving: invoice %s was applied by the poller and no webhook came "
+                  "within %ss; check the webhook URL in @CryptoBot", invoice_id, WEBHOOK_GRACE)
         app.wake_sender()
 
 
-def note_unusable_webhook(app: App, usable: bool, error: str = "", record_id: int | None = None) -> None:
-    """A correctly signed webhook we could not use: alert admins once, until one is used again."""
-    if app.db.alert_state("webhook_unusable", not usable, app.now(), app.config.admin_ids,
+def note_unusable_webhook(app: App, error: str, record_id: int) -> None:
+    """A correctly signed webhook we could not use: alert admins once, until one is used again
+    (db.apply_invoice clears UNUSABLE_STATE)."""
+    if app.db.alert_state(UNUSABLE_STATE, True, app.now(), app.config.admin_ids,
                           Kind.ADMIN_WEBHOOK_UNUSABLE, {"error": error, "record_id": record_id},
                           announce_recovery=False):
         app.wake_sender()
@@ -100,7 +100,7 @@ class WebhookWatch:
         due = sorted((at, invoice_id) for invoice_id, at in self.applied.items() if now - at >= WEBHOOK_GRACE)
         for at, invoice_id in due:
             if not app.db.webhook_seen_since(at):
-                note_webhook(app, False, invoice_id)
+                note_webhooks_missing(app, invoice_id)
             del self.applied[invoice_id]
 
 

@@ -194,7 +194,7 @@ class WebhookApp:
         try:
             # The clock itself: read under the write lock, so paid_at follows the commit order.
             # An invoice of ours, even a duplicate, also clears the "webhooks are not arriving"
-            # and "unusable webhook" alerts (payments.note_webhook) as it is recorded.
+            # and "unusable webhook" alerts (payments.note_webhooks_missing, note_unusable_webhook) as it is recorded.
             result = app.db.apply_invoice(invoice, "webhook", app.now, app.config.admin_ids)
         except sqlite3.OperationalError as exc:
             log.error("%sinvoice %s not applied, the database failed: %s", arrival, invoice.invoice_id, exc)
@@ -210,7 +210,7 @@ class WebhookApp:
         disables the webhook: keep it for the owner, tell the admins once, answer 200."""
         try:
             record_id = self.app.db.record_unusable_webhook(body, error, self.app.now())
-            note_unusable_webhook(self.app, False, error, record_id)
+            note_unusable_webhook(self.app, error, record_id)
         except sqlite3.OperationalError as exc:
             log.error("%san unusable update (%s) was not recorded, the database failed: %s", arrival, error, exc)
             return _error(start_response, 500, "database unavailable, retry later")
