@@ -124,7 +124,7 @@ def _limit(seconds: int) -> Callable[[str], str]:
 def _seen(timestamp: int | None, lang: str) -> str:
     if timestamp is None:  # a row from before seen_at was recorded
         return texts.t(lang, "admin_seen_unknown")
-    return texts.utc(timestamp).strftime("%Y-%m-%d %H:%M UTC")
+    return texts.log_date(timestamp)
 
 
 def revoke(db: Database, ref: str, now: int, by: str, lang: str, command_key: str | None = None) -> str:

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import TextIO
 
 import codes
+import texts
 from config import Config, Plan
 from db import Database
 
@@ -100,14 +101,10 @@ def list_lines(db: Database) -> list[str]:
     """One line a link: short id, plan, created, and who redeemed it when (or "not redeemed")."""
     lines = []
     for gift in db.gifts():
-        line = f"{gift['short_id']} plan:{gift['plan_id']} created:{_day(gift['created_at'])} "
+        line = f"{gift['short_id']} plan:{gift['plan_id']} created:{texts.log_date(gift['created_at'])} "
         if gift["redeemed_at"] is None:
             lines.append(line + "not redeemed")
         else:
             who = f"{gift['redeemed_by']}" + (f" @{gift['username']}" if gift["username"] else "")
-            lines.append(line + f"redeemed by {who} at {_day(gift['redeemed_at'])}")
+            lines.append(line + f"redeemed by {who} at {texts.log_date(gift['redeemed_at'])}")
     return lines
-
-
-def _day(at: int) -> str:
-    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M UTC")
