@@ -56,3 +56,28 @@ def test_check_on_the_other_networks_database_fails_naming_it(tmp_path, env):
     code, out, _ = run_cli(env | {"CRYPTO_PAY_NETWORK": "testnet"}, tmp_path, "check")
     assert code == 1
     assert "holds mainnet payments and CRYPTO_PAY_NETWORK is testnet" in out and "FAIL" in out
+
+
+def test_two_processes_starting_at_once_on_different_networks_agree_on_one(tmp_path):
+    """The split setup's two processes, say, one misconfigured: whichever claims first wins,
+    and both read the same answer (the other then refuses to start)."""
+    import threading
+
+    from db import Database
+
+    path = tmp_path / "club.db"
+    Database(path).migrate()
+    barrier, answers = threading.Barrier(2), {}
+
+    def claim(network):
+        database = Database(path)  # a connection of its own, as another process has
+        barrier.wait()
+        answers[network] = database.claim_network(network)
+        database.close()
+
+    threads = [threading.Thread(target=claim, args=(n,)) for n in ("mainnet", "testnet")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert len(set(answers.values())) == 1 and set(answers) == {"mainnet", "testnet"}
