@@ -44,7 +44,12 @@ def stats_text(db: Database, now: int, lang: str) -> str:
                    revenue=revenue or texts.t(lang, "admin_no_revenue"),
                    sparkline=sparkline(stats["daily"]), payments=sum(stats["daily"]))
     if stats["gifts"]:
-        text += "\n" + texts.t(lang, "admin_gifts", created=stats["gifts"], redeemed=stats["gifts_redeemed"])
+        text += "\n" + texts.t(lang, "admin_gifts", created=stats["gifts"], bought=stats["gifts_bought"],
+                               redeemed=stats["gifts_redeemed"])
+    if stats["referred"]:
+        time = stats["referral_time"]
+        text += "\n" + texts.t(lang, "admin_referrals", referred=stats["referred"], bonuses=stats["referral_bonuses"],
+                               time=texts.duration_text(time, lang) if time else "0")
     lines = codes.list_lines(db, now)
     return text + ("\n\n" + texts.t(lang, "admin_codes", codes="\n".join(lines)) if lines else "")
 
@@ -71,6 +76,26 @@ def code_disable(db: Database, name: str, now: int, by: str, lang: str) -> str:
 def codes_text(db: Database, now: int, lang: str) -> str:
     lines = codes.list_lines(db, now)
     return texts.t(lang, "admin_codes", codes="\n".join(lines)) if lines else texts.t(lang, "admin_no_codes")
+
+
+def referrers_text(db: Database, lang: str, bonus: int | None, limit: int = 20) -> str:
+    """The top referrers: who brought how many members, how many of them paid, and the time earned."""
+    rows = db.top_referrers(limit)
+    off = "" if bonus is not None else texts.t(lang, "admin_referrals_off") + "\n\n"
+    if not rows:
+        return off + texts.t(lang, "admin_no_referrers")
+    lines = [f"{member_name(row['user_id'], row['username'])}: {row['referred']}, {row['paid']}, "
+             f"{texts.duration_text(row['earned'], lang) if row['earned'] else '0'}" for row in rows]
+    return off + texts.t(lang, "admin_referrers", lines="\n".join(lines))
+
+
+def gifts_text(lines: list[str], lang: str, limit: int = 50) -> str:
+    """gifts.list_lines for a message: the newest `limit` (a message holds 4096 characters)."""
+    if not lines:
+        return texts.t(lang, "admin_no_gifts")
+    shown = lines[-limit:]
+    more = [f"… +{len(lines) - limit}"] if len(lines) > limit else []
+    return texts.t(lang, "admin_gift_list", lines="\n".join(more + shown))
 
 
 def member_name(user_id: int, username: str | None) -> str:
@@ -152,7 +177,8 @@ def user_text(db: Database, ref: str, now: int, lang: str) -> str:
 
 EXPORT_COLUMNS = ["user_id", "username", "first_name", "language", "member_since", "expires_at",
                   "invoice_id", "plan", "amount", "currency", "invoice_status", "invoice_created_at",
-                  "paid_at", "paid_asset", "paid_amount", "applied_by", "code", "full_amount"]
+                  "paid_at", "paid_asset", "paid_amount", "applied_by", "code", "full_amount", "gift_link",
+                  "referred_by"]
 # The columns every export has begun with since the first: how an earlier export is known.
 FIRST_COLUMNS = EXPORT_COLUMNS[:EXPORT_COLUMNS.index("applied_by") + 1]
 
@@ -177,6 +203,7 @@ def write_csv(db: Database, stream: TextIO, progress: Callable[[int], None] | No
             row["amount"] or "", row["currency"] or "", row["invoice_status"] or "",
             _iso(row["invoice_created_at"]), _iso(row["paid_at"]), row["paid_asset"] or "",
             row["paid_amount"] or "", row["applied_by"] or "", row["code"] or "", row["full_amount"] or "",
+            row["gift_link"] or "", row["referred_by"] or "",
         )])
         count += 1
         if progress and count % 10_000 == 0:

@@ -307,6 +307,14 @@ def cmd_stats(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_referrals(config: Config, args: argparse.Namespace) -> int:
+    import admin
+
+    app = _open(config)
+    print(admin.referrers_text(app.db, "en", config.referral_bonus, limit=args.top))
+    return 0
+
+
 def cmd_grant(config: Config, args: argparse.Namespace) -> int:
     import admin
 
@@ -462,6 +470,15 @@ class Command(NamedTuple):
 
 
 USER = ("user", {"help": "Telegram id or @username"})
+
+
+def _count(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: a whole number from `low` to `high`, or a clear error."""
+    def convert(text: str) -> int:
+        if not text.isdigit() or not low <= int(text) <= high:
+            raise argparse.ArgumentTypeError(f"'{text[:20]}' is not a whole number from {low} to {high}")
+        return int(text)
+    return convert
 SETUP_FLAGS = (
     ("--bot-token", {"metavar": "TOKEN", "help": "the bot's token, from @BotFather"}),
     ("--admin-id", {"metavar": "ID", "action": "append",
@@ -504,6 +521,9 @@ COMMANDS: dict[str, Command] = {
                      ("--plan", {"metavar": "ID", "help": "the plan whose time each link gives"}),
                      ("--count", {"metavar": "N", "type": int, "help": "how many links (1 to 10000)"}),
                      ("--out", {"metavar": "FILE", "help": "CSV file to write (default: stdout)"}))),
+    "referrals": Command(cmd_referrals, "the top referrers: members referred, of them paid, time earned",
+                         (("--top", {"metavar": "N", "type": _count(1, 1000), "default": 20,
+                                     "help": "how many to show, 1 to 1000 (default: 20)"}),)),
     "export": Command(cmd_export, "members and payments as CSV, to FILE or stdout",
                       (("file", {"nargs": "?", "help": "CSV file to write (default: stdout)"}),)),
     "backup": Command(cmd_backup, "a consistent copy of the database, safe while the bot runs",

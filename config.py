@@ -36,6 +36,8 @@ MAX_INVOICE_TTL = 2_678_400
 # The longest duration anything may be (a plan, a grant, a reminder, a grace period):
 # 100 years. Far beyond it, dates overflow what Python's datetime and sqlite's int64 hold.
 MAX_DURATION = 36500 * 86400
+# The most time one referral may earn: a year (more is a typo, and free membership for life).
+MAX_REFERRAL_BONUS = 366 * 86400
 # The longest wait between two polls or two sweeps: a longer one is a typo, not a plan.
 MAX_INTERVAL = 86400
 # Keys in .env that are not ClubBot settings but are fine to keep there.
@@ -276,6 +278,13 @@ def _duration(minimum: int, maximum: int = MAX_DURATION) -> Callable[[str], int]
     return convert
 
 
+def _optional_duration(text: str) -> int | None:
+    """A duration of at least a second, or None for an empty value (the feature is off)."""
+    if not text.strip():
+        return None
+    return _duration(1, MAX_REFERRAL_BONUS)(text.strip())
+
+
 def _durations(text: str) -> tuple[int, ...]:
     items = [item.strip() for item in text.split(",") if item.strip()]
     values = sorted({parse_duration(item) for item in items}, reverse=True)
@@ -317,6 +326,7 @@ SETTINGS: dict[str, tuple[Callable[[str], Any], Any]] = {
     "INVOICE_TTL": (_duration(60, MAX_INVOICE_TTL), "1h"),
     "REMIND_BEFORE": (_durations, "3d,1d"),
     "GRACE_PERIOD": (_duration(0), "0s"),
+    "REFERRAL_BONUS": (_optional_duration, ""),
     "TELEGRAM_RATE": (_rate, "25"),
     "DEFAULT_LANGUAGE": (_choice("ru", "en"), "ru"),
 }
@@ -345,6 +355,7 @@ class Config:
     invoice_ttl: int
     remind_before: tuple[int, ...]
     grace_period: int
+    referral_bonus: int | None
     telegram_rate: float
     default_language: str
 

@@ -7,9 +7,12 @@ of the split setup. Reads need no lock (WAL).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+import secrets
 import sqlite3
+import string
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -35,6 +38,24 @@ ACTIVE = "removed_for IS NOT expires_at"
 PRIORITY_NOW = 0  # activations, approvals: a member is waiting
 PRIORITY_NORMAL = 5  # alerts, reminders, removals
 PRIORITY_BULK = 9  # broadcasts
+
+# Gift links: tokens of 43 letters and digits, 256 bits ("g-" + token within Telegram's 64
+# for a deep link), of which only the sha256 is stored, with its first SHORT_ID characters as
+# a public id. Letters and digits only: a link ending in "-" or "_" may lose it where a chat
+# app or a mail reader finds links in text.
+GIFT_TOKEN_LENGTH = 43
+GIFT_SHORT_ID = 8
+# What a GIFT_BOUGHT message carries until it is sent, and no longer (the database keeps no
+# usable link once the buyer has it).
+GIFT_SECRET = "token"
+# Public referral codes: 8 letters and digits, 47 bits (t.me/<bot>?start=r-<ref>).
+REF_LENGTH = 8
+_ALPHANUMERIC = string.ascii_letters + string.digits
+
+
+def random_code(length: int) -> str:
+    """A random string of letters and digits, from the system's secure source."""
+    return "".join(secrets.choice(_ALPHANUMERIC) for _ in range(length))
 
 # The alert states that any webhook of ours, arriving, shows to be over (payments.note_webhooks_missing,
 # payments.note_unusable_webhook): set back to ok in the transaction that records the arrival.
@@ -165,45 +186,49 @@ class Database:
 
     def reusable_invoice(self, user_id: int, plan_id: str, duration: int, amount: Decimal, currency: str,
                          fiat: bool, accepted_assets: tuple[str, ...], valid_after: int,
-                         code_id: int | None = None) -> sqlite3.Row | None:
+                         code_id: int | None = None, gift: bool = False) -> sqlite3.Row | None:
         """A pending invoice of this member, still valid after `valid_after`, that buys exactly
         what the member is shown today: the same plan, duration, price (`amount`: after any
         discount), discount code (or none), kind of currency and, for fiat, the same assets to
         pay in. An invoice made before the owner changed the plan would apply the old terms when
-        paid; one made with a code must not serve a buy without it, nor the other way round."""
+        paid; one made with a code must not serve a buy without it, nor the other way round, and
+        one for a gift (`gift`) not a buy for oneself, nor the other way round."""
         return self.connect().execute(
             """SELECT * FROM invoices
                WHERE user_id = ? AND plan_id = ? AND status = 'pending'
                  AND duration = ? AND amount = ? AND currency = ? AND currency_type = ?
-                 AND accepted_assets IS ? AND code_id IS ? AND expires_at > ?
+                 AND accepted_assets IS ? AND code_id IS ? AND gift = ? AND expires_at > ?
                ORDER BY expires_at DESC LIMIT 1""",
             (user_id, plan_id, duration, str(amount), currency, "fiat" if fiat else "crypto",
-             _assets_column(fiat, accepted_assets), code_id, valid_after),
+             _assets_column(fiat, accepted_assets), code_id, int(gift), valid_after),
         ).fetchone()
 
-    def held_invoice(self, user_id: int, plan_id: str, code_id: int | None, now: int) -> sqlite3.Row | None:
-        """The member's own invoice for this plan and code that is still payable, however soon it
-        expires (reusable_invoice wants one with minutes left)."""
+    def held_invoice(self, user_id: int, plan_id: str, code_id: int | None, now: int,
+                     gift: bool = False) -> sqlite3.Row | None:
+        """The member's own invoice for this plan and code (and gift or not) that is still payable,
+        however soon it expires (reusable_invoice wants one with minutes left)."""
         return self.connect().execute(
-            """SELECT * FROM invoices WHERE user_id = ? AND plan_id = ? AND code_id IS ? AND status = 'pending'
-                 AND expires_at > ? ORDER BY expires_at DESC LIMIT 1""", (user_id, plan_id, code_id, now)).fetchone()
+            """SELECT * FROM invoices WHERE user_id = ? AND plan_id = ? AND code_id IS ? AND gift = ?
+                 AND status = 'pending' AND expires_at > ? ORDER BY expires_at DESC LIMIT 1""",
+            (user_id, plan_id, code_id, int(gift), now)).fetchone()
 
     def start_invoice(self, user_id: int, plan_id: str, duration: int, amount: Decimal,
                       currency: str, fiat: bool, now: int, ttl: int,
                       accepted_assets: tuple[str, ...] = (), code_id: int | None = None,
-                      full_amount: Decimal | None = None) -> str:
+                      full_amount: Decimal | None = None, gift: bool = False) -> str:
         """Record an invoice about to be created at Crypto Pay; return its payment UUID.
-        With a code: `amount` is the discounted price asked, `full_amount` the plan's price."""
+        With a code: `amount` is the discounted price asked, `full_amount` the plan's price.
+        `gift`: bought as a gift, the payment makes a gift link rather than giving time."""
         payment_uuid = str(uuid.uuid4())
         with self.transaction() as tx:
             tx.execute(
                 """INSERT INTO invoices (payment_uuid, user_id, plan_id, duration, amount, currency,
                                          currency_type, accepted_assets, status, created_at, expires_at,
-                                         code_id, full_amount)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'creating', ?, ?, ?, ?)""",
+                                         code_id, full_amount, gift)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'creating', ?, ?, ?, ?, ?)""",
                 (payment_uuid, user_id, plan_id, duration, str(amount), currency,
                  "fiat" if fiat else "crypto", _assets_column(fiat, accepted_assets), now, now + ttl,
-                 code_id, None if full_amount is None else str(full_amount)),
+                 code_id, None if full_amount is None else str(full_amount), int(gift)),
             )
             if code_id is not None:
                 _reserve_code_use(tx, code_id, user_id, now, payment_uuid)
@@ -265,11 +290,12 @@ class Database:
         return changed
 
     def apply_invoice(self, paid: Invoice, cause: str, now: int | Callable[[], int],
-                      admin_ids: frozenset[int]) -> ApplyResult:
-        """Apply a paid invoice exactly once: the step to paid, the member's new expiry,
-        the audit record and the messages to send, in one transaction. `now` may be the
-        clock itself, read under the write lock, so that the order of paid_at is the order
-        of commits."""
+                      admin_ids: frozenset[int], referral_bonus: int | None = None) -> ApplyResult:
+        """Apply a paid invoice exactly once: the step to paid, the member's new expiry (or, for
+        a plan bought as a gift, its link), the audit record, the messages to send and, for a
+        referred member's first payment, the referrer's `referral_bonus`, in one transaction.
+        `now` may be the clock itself, read under the write lock, so that the order of paid_at
+        is the order of commits."""
         if paid.status != "paid":
             raise ValueError(f"invoice {paid.invoice_id} is {paid.status}, not paid: nothing to apply")
         clock = now if callable(now) else (lambda: now)
@@ -281,7 +307,7 @@ class Database:
                 self._webhook_again(seen["id"], clock())
             return ApplyResult(Outcome.DUPLICATE, user_id=seen["user_id"])
         with self.transaction() as tx:
-            return self._apply(tx, paid, cause, clock(), admin_ids, seen)
+            return self._apply(tx, paid, cause, clock(), admin_ids, seen, referral_bonus)
 
     def _webhook_again(self, row_id: int, now: int) -> None:
         """A webhook delivered again: its arrival is what the poller's watch asks about
@@ -302,7 +328,8 @@ class Database:
             self._alerts_cleared = now
 
     def _apply(self, tx: sqlite3.Connection, paid: Invoice, cause: str, now: int,
-               admin_ids: frozenset[int], seen: sqlite3.Row | None = None) -> ApplyResult:
+               admin_ids: frozenset[int], seen: sqlite3.Row | None = None,
+               referral_bonus: int | None = None) -> ApplyResult:
         """apply_invoice's transaction. `seen`: the invoice's row as read before the write lock,
         used if it is still as read (the update below checks), and read again if not."""
         row = seen
@@ -328,7 +355,8 @@ class Database:
         if not _set_invoice_outcome(tx, row, outcome, paid, now, cause):
             if seen is None:  # read in this same transaction: cannot happen
                 raise RuntimeError(f"invoice row {row['id']} changed under a write transaction")
-            return self._apply(tx, paid, cause, now, admin_ids)  # changed since the look: again, as it is now
+            # changed since the look: again, as it is now
+            return self._apply(tx, paid, cause, now, admin_ids, None, referral_bonus)
         detail = {
             "payment_uuid": row["payment_uuid"], "plan": row["plan_id"],
             "asked": f"{row['amount']} {row['currency']}",
@@ -344,11 +372,16 @@ class Database:
             enqueue(tx, Kind.PAYMENT_MISMATCH, user_id, detail, now, PRIORITY_NOW,
                     dedupe_key=f"mismatch:{row['payment_uuid']}")
             return ApplyResult(Outcome.MISMATCH, user_id=user_id)
+        if row["code_id"] is not None:
+            _record_code_use(tx, row, now, cause, paid.invoice_id)
+        if row["gift"]:
+            short_id = _make_bought_gift(tx, row, now, cause, paid.invoice_id, detail)
+            return ApplyResult(Outcome.APPLIED, user_id=user_id, gift=short_id)
         new_expiry = extend_subscription(tx, user_id, row["duration"], now)
         _audit(tx, now, user_id, "payment_applied", cause, paid.invoice_id,
                {**detail, "expires_at": new_expiry})
-        if row["code_id"] is not None:
-            _record_code_use(tx, row, now, cause, paid.invoice_id)
+        if referral_bonus:
+            _referral_bonus(tx, row, now, cause, paid.invoice_id, referral_bonus)
         # No dedupe key: the invoice's step to paid above already happens once.
         enqueue(tx, Kind.ACTIVATED, user_id,
                 {"payment_uuid": row["payment_uuid"], "plan": row["plan_id"], "expires_at": new_expiry},
@@ -651,6 +684,10 @@ class Database:
                     dedupe_key=f"revoke:{user_id}:{now}")
             return True
 
+    def command_done(self, key: str) -> bool:
+        """Whether the command asked by message `key` was carried out (see claim_command)."""
+        return self.connect().execute("SELECT 1 FROM commands WHERE key = ?", (key,)).fetchone() is not None
+
     def stats(self, now: int, days: int = 30) -> dict[str, Any]:
         conn = self.connect()
         one = lambda sql, *args: conn.execute(sql, args).fetchone()[0]  # noqa: E731
@@ -675,6 +712,12 @@ class Database:
             "daily": daily,
             "gifts": one("SELECT count(*) FROM gifts"),
             "gifts_redeemed": one("SELECT count(*) FROM gifts WHERE redeemed_at IS NOT NULL"),
+            "gifts_bought": one("SELECT count(*) FROM gifts WHERE invoice_row IS NOT NULL"),
+            "referred": one("SELECT count(*) FROM members WHERE referred_by IS NOT NULL"),
+            "referral_bonuses": one("SELECT count(*) FROM referral_bonuses WHERE duration > 0 "
+                                    "AND taken_back_at IS NULL"),
+            "referral_time": one("SELECT coalesce(sum(duration), 0) FROM referral_bonuses "
+                                 "WHERE taken_back_at IS NULL"),
         }
 
     def member_invoices(self, user_id: int, limit: int = 20) -> list[sqlite3.Row]:
@@ -691,11 +734,12 @@ class Database:
             """SELECT m.user_id, m.username, m.first_name, m.language, m.created_at, s.expires_at,
                       i.invoice_id, i.plan_id, i.amount, i.currency, i.status AS invoice_status,
                       i.created_at AS invoice_created_at, i.paid_at, i.paid_asset, i.paid_amount, i.applied_by,
-                      c.name AS code, i.full_amount
+                      c.name AS code, i.full_amount, g.short_id AS gift_link, m.referred_by
                FROM members m
                LEFT JOIN subscriptions s ON s.user_id = m.user_id
                LEFT JOIN invoices i ON i.user_id = m.user_id AND i.status != 'creating'
                LEFT JOIN codes c ON c.id = i.code_id
+               LEFT JOIN gifts g ON g.invoice_row = i.id
                ORDER BY m.user_id, i.id""")
 
     # --- discount codes ---
@@ -776,13 +820,18 @@ class Database:
 
     # --- gift links ---
 
-    def add_gifts(self, links: list[tuple[str, str]], plan_id: str, duration: int, now: int, by: str) -> None:
-        """Store gift links as (token hash, short id), all or none."""
+    def add_gifts(self, links: list[tuple[str, str]], plan_id: str, duration: int, now: int, by: str,
+                  command_key: str | None = None) -> bool:
+        """Store gift links as (token hash, short id), all or none; False, storing none, when the
+        command `command_key` was carried out before."""
         with self.transaction() as tx:
+            if not claim_command(tx, command_key, now):
+                return False
             tx.executemany("INSERT INTO gifts (token_hash, short_id, plan_id, duration, created_at, created_by) "
                            "VALUES (?, ?, ?, ?, ?, ?)",
                            [(token_hash, short_id, plan_id, duration, now, by) for token_hash, short_id in links])
             _audit(tx, now, None, "gifts_created", by, detail={"plan": plan_id, "count": len(links)})
+            return True
 
     def redeem_gift(self, token_hash: str, user_id: int, now: int) -> tuple[str, int | None]:
         """Give the gift's time to the first member to open its link: ("redeemed", its duration);
@@ -802,6 +851,11 @@ class Database:
                 "expires_at": new_expiry})
             enqueue(tx, Kind.GRANTED, user_id, {"duration": gift["duration"], "expires_at": new_expiry,
                                                 "gift": gift["short_id"]}, now, PRIORITY_NOW)
+            if gift["invoice_row"] is not None:  # bought by a member: the buyer hears it was taken
+                buyer = tx.execute("SELECT user_id FROM invoices WHERE id = ?", (gift["invoice_row"],)).fetchone()
+                enqueue(tx, Kind.GIFT_REDEEMED, buyer["user_id"],
+                        {"gift": gift["short_id"], "plan": gift["plan_id"], "user_id": user_id}, now,
+                        PRIORITY_NORMAL, dedupe_key=f"gift_redeemed:{gift['short_id']}")
             return "redeemed", gift["duration"]
 
     def wrong_gift(self, user_id: int, now: int, forget_before: int) -> None:
@@ -810,11 +864,91 @@ class Database:
             _wrong_try(tx, user_id, now, forget_before)
             _audit(tx, now, user_id, "gift_refused", "link")
 
-    def gifts(self) -> list[sqlite3.Row]:
-        """Every gift link with the member who redeemed it (if any)."""
+    def gifts(self, bought_by: int | None = None) -> list[sqlite3.Row]:
+        """Every gift link with the member who redeemed it (if any), and who bought it (NULL:
+        made by the owner); only those `bought_by` bought, if given."""
+        where = "" if bought_by is None else "WHERE i.user_id = ?"
         return self.connect().execute(
-            "SELECT g.short_id, g.plan_id, g.created_at, g.redeemed_by, g.redeemed_at, m.username "
-            "FROM gifts g LEFT JOIN members m ON m.user_id = g.redeemed_by ORDER BY g.id").fetchall()
+            f"""SELECT g.short_id, g.plan_id, g.created_at, g.redeemed_by, g.redeemed_at, m.username,
+                       i.user_id AS bought_by
+                FROM gifts g LEFT JOIN members m ON m.user_id = g.redeemed_by
+                LEFT JOIN invoices i ON i.id = g.invoice_row {where} ORDER BY g.id""",
+            () if bought_by is None else (bought_by,)).fetchall()
+
+    def resend_gift_links(self, user_id: int, now: int) -> int:
+        """Queue again the links of gifts the member bought that could not be delivered (they had
+        blocked the bot, say); how many."""
+        with self.transaction() as tx:
+            return tx.execute(
+                """UPDATE outbox SET status = 'pending', next_attempt_at = ?, done_at = NULL, attempts = 0
+                   WHERE chat_id = ? AND kind = 'gift_bought' AND status = 'failed'""", (now, user_id)).rowcount
+
+    # --- referrals ---
+
+    def member_ref(self, user_id: int) -> str:
+        """The member's public referral code, made the first time it is asked for."""
+        for _ in range(10):
+            row = self.connect().execute("SELECT ref FROM members WHERE user_id = ?", (user_id,)).fetchone()
+            if row is None:
+                raise LookupError(f"member {user_id} is not known")
+            if row["ref"] is not None:
+                return row["ref"]
+            try:
+                with self.transaction() as tx:
+                    tx.execute("UPDATE members SET ref = ? WHERE user_id = ? AND ref IS NULL",
+                               (random_code(REF_LENGTH), user_id))
+            except sqlite3.IntegrityError:  # another member's already (1 in 2^48): another one
+                continue
+        raise RuntimeError(f"no free referral code for member {user_id}")
+
+    def attribute_referral(self, user_id: int, ref: str, now: int) -> str:
+        """A member opened a referral link: "referred" when it counts, else why not: "unknown"
+        (no such code), "self", "already" (referred before: the first link wins), "member" (has
+        had time or paid before) or "loop" (the referrer was referred, directly or not, by this
+        member)."""
+        with self.transaction() as tx:
+            referrer = tx.execute("SELECT user_id FROM members WHERE ref = ?", (ref,)).fetchone()
+            if referrer is None:
+                return "unknown"
+            referrer_id = referrer["user_id"]
+            if referrer_id == user_id:
+                return "self"
+            me = tx.execute("SELECT referred_by FROM members WHERE user_id = ?", (user_id,)).fetchone()
+            if me is not None and me["referred_by"] is not None:
+                return "already"
+            if tx.execute("SELECT 1 FROM subscriptions WHERE user_id = ?", (user_id,)).fetchone() or \
+                    tx.execute("SELECT 1 FROM invoices WHERE user_id = ? AND status = 'paid' LIMIT 1",
+                               (user_id,)).fetchone():
+                return "member"
+            if _refers_back(tx, referrer_id, user_id):
+                return "loop"
+            tx.execute("INSERT INTO members (user_id, uuid, created_at) VALUES (?, ?, ?) "
+                       "ON CONFLICT (user_id) DO NOTHING", (user_id, str(uuid.uuid4()), now))
+            tx.execute("UPDATE members SET referred_by = ?, referred_at = ? WHERE user_id = ? AND referred_by IS NULL",
+                       (referrer_id, now, user_id))
+            _audit(tx, now, user_id, "referred", "link", detail={"referrer": referrer_id})
+            return "referred"
+
+    def referral_earnings(self, user_id: int) -> tuple[int, int]:
+        """(referred members whose payment earned a bonus, the time earned) for a referrer;
+        bonuses taken back with a refund do not count."""
+        row = self.connect().execute(
+            "SELECT count(*), coalesce(sum(duration), 0) FROM referral_bonuses "
+            "WHERE referrer_id = ? AND duration > 0 AND taken_back_at IS NULL", (user_id,)).fetchone()
+        return row[0], row[1]
+
+    def top_referrers(self, limit: int = 10) -> list[sqlite3.Row]:
+        """Referrers by bonuses earned, then by members referred: id, username, referred, paid, earned."""
+        return self.connect().execute(
+            """SELECT r.referrer_id AS user_id, m.username, r.referred,
+                      (SELECT count(*) FROM referral_bonuses b WHERE b.referrer_id = r.referrer_id
+                         AND b.taken_back_at IS NULL) AS paid,
+                      (SELECT coalesce(sum(b.duration), 0) FROM referral_bonuses b
+                       WHERE b.referrer_id = r.referrer_id AND b.taken_back_at IS NULL) AS earned
+               FROM (SELECT referred_by AS referrer_id, count(*) AS referred FROM members
+                     WHERE referred_by IS NOT NULL GROUP BY referred_by) r
+               LEFT JOIN members m ON m.user_id = r.referrer_id
+               ORDER BY paid DESC, referred DESC, r.referrer_id LIMIT ?""", (limit,)).fetchall()
 
     def start_broadcast(self, admin_chat: int, text: str, now: int,
                         command_key: str | None = None) -> tuple[int, int] | None:
@@ -931,6 +1065,11 @@ class Database:
                    WHERE id = ? AND status = 'pending' RETURNING kind, payload""",
                 (status, now, error, message_id),
             ).fetchone()
+            if row is not None and row["kind"] == Kind.GIFT_BOUGHT and status == "sent":
+                payload = json.loads(row["payload"])
+                payload.pop(GIFT_SECRET, None)  # the buyer has the link; the database keeps none
+                tx.execute("UPDATE outbox SET payload = ? WHERE id = ?", (json.dumps(payload, sort_keys=True),
+                                                                           message_id))
             if row is not None and row["kind"] == Kind.BROADCAST:
                 column = "sent" if status == "sent" else "failed"
                 tx.execute(f"""UPDATE broadcasts SET {column} = {column} + 1,
@@ -1022,6 +1161,7 @@ class ApplyResult:
     outcome: Outcome
     user_id: int | None = None
     expires_at: int | None = None
+    gift: str | None = None  # a plan bought as a gift: the short id of the link it made
 
 
 # --- helpers that run inside a caller's transaction ---
@@ -1083,6 +1223,71 @@ def _record_code_use(tx: sqlite3.Connection, row: sqlite3.Row, now: int, cause: 
         _audit(tx, now, row["user_id"], "code_used", cause, invoice_id,
                {"code_id": row["code_id"], "plan": row["plan_id"], "paid": f"{row['amount']} {row['currency']}",
                 "full_amount": f"{row['full_amount']} {row['currency']}"})
+
+
+def gift_token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("ascii")).hexdigest()
+
+
+def _make_bought_gift(tx: sqlite3.Connection, row: sqlite3.Row, now: int, cause: str, invoice_id: int,
+                      detail: dict[str, Any]) -> str:
+    """A plan bought as a gift was paid: its link, made once (the invoice steps to paid once,
+    and gifts_invoice is unique), and sent to the buyer; its short id. The token travels in the
+    message only, which forgets it once sent (message_done)."""
+    token = random_code(GIFT_TOKEN_LENGTH)
+    digest = gift_token_hash(token)
+    tx.execute("INSERT INTO gifts (token_hash, short_id, plan_id, duration, created_at, created_by, invoice_row) "
+               "VALUES (?, ?, ?, ?, ?, ?, ?)", (digest, digest[:GIFT_SHORT_ID], row["plan_id"], row["duration"],
+                                                now, f"member:{row['user_id']}", row["id"]))
+    _audit(tx, now, row["user_id"], "gift_bought", cause, invoice_id,
+           {**detail, "gift": digest[:GIFT_SHORT_ID], "duration": row["duration"]})
+    enqueue(tx, Kind.GIFT_BOUGHT, row["user_id"], {GIFT_SECRET: token, "gift": digest[:GIFT_SHORT_ID],
+            "plan": row["plan_id"], "duration": row["duration"]}, now, PRIORITY_NOW)
+    return digest[:GIFT_SHORT_ID]
+
+
+def _refers_back(tx: sqlite3.Connection, referrer_id: int, user_id: int) -> bool:
+    """Whether `user_id` is among those who referred `referrer_id`, however far up (A refers B,
+    B refers A would be a loop). The chain has no loop (none is ever made), so the walk ends."""
+    seen: set[int] = set()
+    current: int | None = referrer_id
+    while current is not None and current not in seen:
+        if current == user_id:
+            return True
+        seen.add(current)
+        row = tx.execute("SELECT referred_by FROM members WHERE user_id = ?", (current,)).fetchone()
+        current = row["referred_by"] if row else None
+    return False
+
+
+def _referral_bonus(tx: sqlite3.Connection, row: sqlite3.Row, now: int, cause: str, invoice_id: int,
+                    bonus: int) -> None:
+    """A member's own payment was applied: if it is the first, and they were referred, the
+    referrer earns `bonus`, once per referred member (the key of referral_bonuses), with the
+    way in and a message. A referrer whose time an admin revoked earns nothing (recorded, so
+    that it is not given by a later payment either)."""
+    user_id = row["user_id"]
+    member = tx.execute("SELECT referred_by FROM members WHERE user_id = ?", (user_id,)).fetchone()
+    if member is None or member["referred_by"] is None:
+        return
+    if tx.execute("SELECT 1 FROM invoices WHERE user_id = ? AND status = 'paid' AND gift = 0 AND id != ? LIMIT 1",
+                  (user_id, row["id"])).fetchone():
+        return  # not their first payment: one before was made while the programme was off
+    referrer_id = member["referred_by"]
+    revoked = tx.execute("SELECT 1 FROM subscriptions WHERE user_id = ? AND revoked_at IS NOT NULL",
+                         (referrer_id,)).fetchone() is not None
+    if tx.execute("INSERT INTO referral_bonuses (referred_id, referrer_id, invoice_row, duration, at) "
+                  "VALUES (?, ?, ?, ?, ?) ON CONFLICT (referred_id) DO NOTHING",
+                  (user_id, referrer_id, row["id"], 0 if revoked else bonus, now)).rowcount != 1:
+        return
+    detail = {"referred": user_id, "duration": bonus}
+    if revoked:
+        _audit(tx, now, referrer_id, "referral_bonus_withheld", cause, invoice_id, {**detail, "why": "revoked"})
+        return
+    new_expiry = extend_subscription(tx, referrer_id, bonus, now)
+    _audit(tx, now, referrer_id, "referral_bonus", cause, invoice_id, {**detail, "expires_at": new_expiry})
+    enqueue(tx, Kind.GRANTED, referrer_id, {"duration": bonus, "expires_at": new_expiry, "referral": user_id},
+            now, PRIORITY_NORMAL)
 
 
 class CodeTaken(Exception):

@@ -9,34 +9,28 @@ on wrong tries as the discount codes (codes.TRIES within codes.TRIES_WINDOW).
 from __future__ import annotations
 
 import csv
-import hashlib
+import io
 import re
-import secrets
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TextIO
 
 import codes
 import texts
 from config import Config, Plan
-from db import Database
+from db import GIFT_SHORT_ID as SHORT_ID
+from db import GIFT_TOKEN_LENGTH as TOKEN_LENGTH
+from db import Database, random_code
+from db import gift_token_hash as token_hash
+from views import gift_link
 
 MAX_COUNT = 10_000
-TOKEN_BYTES = 32  # 256 bits; 43 characters, and "g-" + token stays within Telegram's 64
-TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{43}")
-SHORT_ID = 8
+TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{43}")  # "-" and "_": links made before tokens were letters and digits
 HEADER = ("link", "id", "plan", "created")
 
 
 class GiftError(Exception):
     """A `gift create` the owner should correct; the message says how."""
-
-
-def token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode("ascii")).hexdigest()
-
-
-def link(bot_username: str | None, token: str) -> str:
-    return f"https://t.me/{bot_username or '<bot>'}?start=g-{token}"
 
 
 def make(config: Config, plan_id: str, count: int) -> tuple[Plan, list[tuple[str, str]]]:
@@ -49,7 +43,7 @@ def make(config: Config, plan_id: str, count: int) -> tuple[Plan, list[tuple[str
         raise GiftError(f"--count {count}: from 1 to {MAX_COUNT}")
     made: dict[str, tuple[str, str]] = {}
     while len(made) < count:
-        token = secrets.token_urlsafe(TOKEN_BYTES)
+        token = random_code(TOKEN_LENGTH)
         digest = token_hash(token)
         made[digest] = (token, digest[:SHORT_ID])
     return plan, list(made.values())
@@ -74,7 +68,7 @@ def write_csv(stream: TextIO, made: list[tuple[str, str]], plan_id: str, now: in
     writer.writerow(HEADER)
     created = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     for token, short_id in made:
-        writer.writerow((link(bot_username, token), short_id, plan_id, created))
+        writer.writerow((gift_link(bot_username, token), short_id, plan_id, created))
     return len(made)
 
 
@@ -97,11 +91,30 @@ def redeem(db: Database, user_id: int, token: str, now: int) -> tuple[str, int |
     return ("gift_used", None) if result == "used" else ("gift_redeemed", duration)
 
 
+def send_and_store(db: Database, config: Config, plan_id: str, count: int, now: int, by: str,
+                   bot_username: str | None, send: Callable[[bytes], None], command_key: str) -> bool:
+    """`gift create` from Telegram: the links made, handed to `send` as a CSV file, and stored
+    (working) only once it was sent: a link must not work unless someone has it. False when the
+    command was carried out before (the update handled again after a kill): nothing is sent.
+    Raises GiftError for a wrong plan or count, and whatever `send` raises (nothing stored)."""
+    if db.command_done(command_key):
+        return False
+    plan, made = make(config, plan_id, count)
+    buffer = io.StringIO()
+    write_csv(buffer, made, plan.id, now, bot_username)
+    send(buffer.getvalue().encode("utf-8"))
+    return db.add_gifts([(token_hash(token), short_id) for token, short_id in made], plan.id, plan.duration,
+                        now, by, command_key)
+
+
 def list_lines(db: Database) -> list[str]:
-    """One line a link: short id, plan, created, and who redeemed it when (or "not redeemed")."""
+    """One line a link: short id, plan, created, the member who bought it (if one did), and who
+    redeemed it when (or "not redeemed")."""
     lines = []
     for gift in db.gifts():
         line = f"{gift['short_id']} plan:{gift['plan_id']} created:{texts.log_date(gift['created_at'])} "
+        if gift["bought_by"] is not None:
+            line += f"bought by {gift['bought_by']} "
         if gift["redeemed_at"] is None:
             lines.append(line + "not redeemed")
         else:

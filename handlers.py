@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,7 +21,7 @@ from db import PRIORITY_NOW
 from kinds import Kind
 from payments import buy, check, club_name
 from runtime import App
-from views import plan_title, plans_keyboard
+from views import GIFT_MENU, plan_title, plans_keyboard, referral_link
 
 log = logging.getLogger("clubbot.bot")
 
@@ -41,15 +42,15 @@ def _reply(app: App, chat_id: int, text: str, **kwargs) -> None:
 def on_start(app: App, message: types.Message) -> None:
     lang = _remember(app, message.from_user)
     parameter = _start_parameter(message.text)
-    note, gift = None, None
-    if parameter.startswith("c-"):  # t.me/<bot>?start=c-NAME: a discount code
-        note = texts.t(lang, codes.apply(app.db, message.from_user.id, parameter[2:], app.now(), "link"))
-    elif parameter.startswith("g-"):  # t.me/<bot>?start=g-TOKEN: a gift link
-        gift, duration = gifts.redeem(app.db, message.from_user.id, parameter[2:], app.now())
-        note = texts.t(lang, gift, duration=texts.duration_text(duration, lang) if duration else "")
-    if gift == "gift_redeemed":
+    note, given = None, False
+    opener = DEEP_LINKS.get(parameter[:2])
+    if opener is not None:
+        note, given = opener(app, message.from_user.id, parameter[2:], lang)
+    elif parameter and not START_PARAMETER.fullmatch(parameter):
+        note = texts.t(lang, "link_invalid")  # one of others' own (an ad's tag, say) is only a /start
+    if given:
         _menu(app, message, lang, note)
-        app.wake_sender()  # the gift's message, queued with it, brings the way in
+        app.wake_sender()  # the message queued with the time brings the way in
     elif _menu(app, message, lang, note):
         # The way in, again: the sender approves a waiting request or sends the links.
         queue_way_in(app, message.from_user.id, app.now())
@@ -57,9 +58,49 @@ def on_start(app: App, message: types.Message) -> None:
 
 
 def _start_parameter(text: str | None) -> str:
-    """What a deep link put after /start ("" for none); Telegram allows 64 characters."""
+    """What a deep link put after /start ("" for none). Telegram carries at most 64 characters:
+    a longer one was typed, and is no link of ours, whatever it starts with."""
     words = (text or "").split()
-    return words[1][:64] if len(words) == 2 else ""
+    if len(words) != 2:
+        return ""
+    return words[1] if len(words[1]) <= 64 else BROKEN
+
+
+def _open_code(app: App, user_id: int, name: str, lang: str) -> tuple[str | None, bool]:
+    """t.me/<bot>?start=c-NAME: a discount code, attached to the member's next invoices."""
+    return texts.t(lang, codes.apply(app.db, user_id, name, app.now(), "link")), False
+
+
+def _open_gift(app: App, user_id: int, token: str, lang: str) -> tuple[str | None, bool]:
+    """t.me/<bot>?start=g-TOKEN: a gift link, redeemed by whoever opens it first."""
+    answer, duration = gifts.redeem(app.db, user_id, token, app.now())
+    return texts.t(lang, answer, duration=texts.duration_text(duration, lang) if duration else ""), \
+        answer == "gift_redeemed"
+
+
+def _open_referral(app: App, user_id: int, ref: str, lang: str) -> tuple[str | None, bool]:
+    """t.me/<bot>?start=r-REF: a member's invitation. Attributed when it counts; the member
+    hears only of a link that is broken or their own (not whether a friend's link counted)."""
+    if app.config.referral_bonus is None:
+        return None, False  # the programme is off: a plain /start
+    if not REF.fullmatch(ref):
+        return texts.t(lang, "link_invalid"), False
+    result = app.db.attribute_referral(user_id, ref, app.now())
+    if result == "referred":
+        log.info("member %s arrived by a referral link", user_id)
+    notes = {"unknown": "link_invalid", "self": "referral_own_link"}
+    return (texts.t(lang, notes[result]) if result in notes else None), False
+
+
+# A deep link's prefix -> what opens it: (a note above the menu, whether time was given).
+DEEP_LINKS: dict[str, Callable[[App, int, str, str], tuple[str | None, bool]]] = {
+    "c-": _open_code,
+    "g-": _open_gift,
+    "r-": _open_referral,
+}
+START_PARAMETER = re.compile(r"[A-Za-z0-9_-]{1,64}")
+BROKEN = "?"  # _start_parameter's answer for a parameter too long for a deep link
+REF = re.compile(r"[A-Za-z0-9_-]{8}")
 
 
 def on_text(app: App, message: types.Message) -> None:
@@ -96,11 +137,45 @@ def _menu(app: App, message: types.Message, lang: str, note: str | None = None) 
     else:
         text = texts.t(lang, "greeting", club=club)
     _reply(app, message.chat.id, f"{note}\n\n{text}" if note else text,
-           reply_markup=plans_keyboard(app, lang, renew=active, user_id=user_id))
+           reply_markup=plans_keyboard(app, lang, renew=active, user_id=user_id, gift_button=True))
     return active
 
 
+def on_gift(app: App, message: types.Message) -> None:
+    """A member's /gift: the plans to buy as a gift, and the gifts they bought with whether each was taken."""
+    lang = _remember(app, message.from_user)
+    _gift_menu(app, message.from_user.id, lang)
+
+
+def on_gift_menu(app: App, call: types.CallbackQuery) -> None:
+    lang = _remember(app, call.from_user)
+    _answer(app, call)
+    _gift_menu(app, call.from_user.id, lang)
+
+
+def _gift_menu(app: App, user_id: int, lang: str) -> None:
+    if not any(not plan.is_trial for plan in app.config.plans):
+        _reply(app, user_id, texts.t(lang, "gift_no_plans"))
+        return
+    text = texts.t(lang, "gift_choose")
+    if app.db.resend_gift_links(user_id, app.now()):
+        text += "\n\n" + texts.t(lang, "gift_resent")
+        app.wake_sender()
+    bought = app.db.gifts(bought_by=user_id)
+    if bought:
+        lines = [texts.t(lang, "gift_line_taken" if g["redeemed_at"] else "gift_line_waiting", gift=g["short_id"],
+                         title=_plan_name(app, g["plan_id"], lang)) for g in bought[-20:]]
+        text += "\n\n" + texts.t(lang, "gift_yours", gifts="\n".join(lines))
+    _reply(app, user_id, text, reply_markup=plans_keyboard(app, lang, renew=False, user_id=user_id, for_gift=True))
+
+
+def _plan_name(app: App, plan_id: str, lang: str) -> str:
+    plan = app.config.plan(plan_id)
+    return plan_title(plan, lang) if plan else plan_id
+
+
 def on_status(app: App, message: types.Message) -> None:
+    """The member's time, and with referrals on, their invitation link and what it earned."""
     lang = _remember(app, message.from_user)
     now = app.now()
     expires_at = app.db.expires_at(message.from_user.id)
@@ -112,6 +187,12 @@ def on_status(app: App, message: types.Message) -> None:
     else:  # ended, or revoked (then the date is the revoke's)
         ended = app.db.subscription(message.from_user.id)["expires_at"]
         text = texts.t(lang, "status_expired", date=texts.format_date(ended, lang))
+    bonus = app.config.referral_bonus
+    if bonus is not None:
+        count, earned = app.db.referral_earnings(message.from_user.id)
+        text += "\n\n" + texts.t(lang, "referral_status", bonus=texts.duration_text(bonus, lang), count=count,
+                                    earned=texts.duration_text(earned, lang) if earned else "0",
+                                    link=referral_link(app.bot_username, app.db.member_ref(message.from_user.id)))
     _reply(app, message.chat.id, text)
 
 
@@ -152,15 +233,17 @@ def _answer(app: App, call: types.CallbackQuery, text: str | None = None) -> boo
 
 
 def on_plan(app: App, call: types.CallbackQuery) -> None:
+    """A plan's button: "plan:ID" buys it, "gift:ID" buys it as a gift."""
     lang = _remember(app, call.from_user)
-    plan = app.config.plan(call.data.partition(":")[2])
-    if plan is None:
+    kind, _, plan_id = call.data.partition(":")
+    plan, gift = app.config.plan(plan_id), kind == "gift"
+    if plan is None or (gift and plan.is_trial):
         _answer(app, call, texts.t(lang, "plan_unknown"))
         return
     _answer(app, call)  # at once: creating the invoice may take a while
     title = plan_title(plan, lang)
     try:
-        purchase = buy(app, call.from_user.id, plan, title)
+        purchase = buy(app, call.from_user.id, plan, title, gift)
     except CryptoPayError:
         _reply(app, call.from_user.id, texts.t(lang, "payments_unavailable"))
         return
@@ -181,6 +264,8 @@ def on_plan(app: App, call: types.CallbackQuery) -> None:
     keyboard.add(types.InlineKeyboardButton(texts.t(lang, "check_button"),
                                             callback_data=f"check:{invoice['payment_uuid']}"))
     text = texts.t(lang, "invoice", title=title, price=price, date=texts.format_date(invoice["expires_at"], lang))
+    if gift:
+        text += "\n\n" + texts.t(lang, "invoice_gift")
     if purchase.code is not None:
         text += "\n\n" + texts.t(lang, "invoice_code", code=purchase.code["name"],
                                   old=texts.price(plan.amount, plan.currency))
@@ -296,6 +381,41 @@ def _admin_codes(request: AdminRequest) -> str:
     return admin.codes_text(request.app.db, request.now, request.lang)
 
 
+def _admin_gift(request: AdminRequest) -> str | None:
+    """/gift create PLAN COUNT: single-use links as a CSV file; /gift list; an admin's plain /gift
+    is a member's (the plans to give)."""
+    words = request.args
+    action = words[0].lower() if words else ""
+    if action == "list" and len(words) == 1:
+        return admin.gifts_text(gifts.list_lines(request.app.db), request.lang)
+    if action != "create":
+        on_gift(request.app, request.message)
+        return None
+    usage = admin.AdminError("admin_usage_gift", max=gifts.MAX_COUNT)
+    if len(words) != 3 or not words[2].isdigit():
+        raise usage
+    app, chat_id, plan_id, count = request.app, request.message.chat.id, words[1], int(words[2])
+
+    def send(body: bytes) -> None:
+        app.limiter.acquire(app.stop, chat_id=chat_id)
+        app.bot.send_document(chat_id, io.BytesIO(body), visible_file_name=f"gift-links-{plan_id}.csv",
+                              caption=texts.t(request.lang, "admin_gift_created", count=count, plan=plan_id))
+    try:
+        made = gifts.send_and_store(app.db, app.config, plan_id, count, request.now, request.by, app.bot_username,
+                                    send, command_key(request.message))
+    except gifts.GiftError:
+        raise usage from None
+    except Exception:
+        log.exception("gift create: the file could not be sent; no links were stored")
+        return texts.t(request.lang, "admin_gift_not_sent")
+    return None if made else texts.t(request.lang, "admin_gift_done_before")
+
+
+def _admin_referrals(request: AdminRequest) -> str:
+    request.exactly(0, "admin_usage_referrals")
+    return admin.referrers_text(request.app.db, request.lang, request.app.config.referral_bonus)
+
+
 # Command -> handler; a handler returns the reply, or None when it answered in its own way.
 # Registered from these keys: a command exists exactly when it has a handler.
 ADMIN_COMMANDS: dict[str, Callable[[AdminRequest], str | None]] = {
@@ -307,6 +427,8 @@ ADMIN_COMMANDS: dict[str, Callable[[AdminRequest], str | None]] = {
     "broadcast": _admin_broadcast,
     "code": _admin_code,
     "codes": _admin_codes,
+    "gift": _admin_gift,
+    "referrals": _admin_referrals,
 }
 
 
@@ -405,12 +527,16 @@ def register_handlers(bot: TeleBot, app: App) -> None:
     bot.register_message_handler(
         _guarded(app, on_admin), commands=list(ADMIN_COMMANDS), chat_types=private,
         func=lambda m: m.from_user is not None and m.from_user.id in app.config.admin_ids)
-    bot.register_message_handler(_guarded(app, on_code), commands=["code"], chat_types=private)  # after the admins'
+    # after the admins' (their /code and /gift do more)
+    bot.register_message_handler(_guarded(app, on_code), commands=["code"], chat_types=private)
+    bot.register_message_handler(_guarded(app, on_gift), commands=["gift"], chat_types=private)
     bot.register_message_handler(
         _guarded(app, on_unknown_command), chat_types=private,
         func=lambda m: bool(m.text) and m.text.startswith("/"))
     bot.register_message_handler(_guarded(app, on_text), chat_types=private)  # text, after every command
-    bot.register_callback_query_handler(_guarded(app, on_plan), func=lambda c: (c.data or "").startswith("plan:"))
+    bot.register_callback_query_handler(_guarded(app, on_plan),
+                                        func=lambda c: (c.data or "").startswith(("plan:", "gift:")))
+    bot.register_callback_query_handler(_guarded(app, on_gift_menu), func=lambda c: c.data == GIFT_MENU)
     bot.register_callback_query_handler(_guarded(app, on_check), func=lambda c: (c.data or "").startswith("check:"))
     bot.register_message_handler(_guarded(app, on_chat_migrated), content_types=["migrate_to_chat_id"],
                                  chat_types=["group"])

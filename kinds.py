@@ -9,7 +9,9 @@ from enum import StrEnum
 class Kind(StrEnum):
     # members
     ACTIVATED = "activated"  # a payment or trial applied: "active until" and the way in
-    GRANTED = "granted"  # an admin gave time
+    GRANTED = "granted"  # time given: by an admin, a gift link or a referral bonus
+    GIFT_BOUGHT = "gift_bought"  # a plan bought as a gift was paid: its link, to the buyer
+    GIFT_REDEEMED = "gift_redeemed"  # to the buyer: the gift they bought was taken
     WAY_IN = "way_in"  # the way in again (/start, /link, a removal undone)
     APPROVE = "approve"  # approve a join request of a member with time
     JOIN_PLANS = "join_plans"  # a join request without time: the plans

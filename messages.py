@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 
 import texts
 from access import let_in, lift_our_bans
-from tg import classify
-from views import chat_name, member_language, plans_keyboard
+from tg import classify, learn_bot
+from views import chat_name, gift_link, member_language, plan_title, plans_keyboard
 
 if TYPE_CHECKING:
     from outbox import Context
@@ -51,10 +51,32 @@ def granted(ctx: Context, user_id: int, payload: dict) -> None:
         return  # revoked again meanwhile
     lang = member_language(ctx.app, user_id)
     now = ctx.app.now()
-    key = "gift_granted" if payload.get("gift") else "granted"  # a gift link's time, or an admin's
+    # a gift link's time, a referral's bonus, or an admin's
+    key = "gift_granted" if payload.get("gift") else "referral_granted" if payload.get("referral") else "granted"
     header = texts.t(lang, key, duration=texts.duration_text(payload["duration"], lang),
                      date=texts.format_date(expires_at, lang), days_left=texts.days_left(expires_at, now, lang))
     _send_way_in(ctx, user_id, lang, header)
+
+
+def gift_bought(ctx: Context, user_id: int, payload: dict) -> None:
+    """The link of a plan the member bought as a gift, to pass on (the database forgets it once sent)."""
+    if ctx.app.bot_username is None:
+        learn_bot(ctx.app)  # a link without the bot's name would be lost with the token: retried until known
+    lang = member_language(ctx.app, user_id)
+    plan = ctx.app.config.plan(payload["plan"])
+    title = plan_title(plan, lang) if plan else texts.duration_text(payload["duration"], lang)
+    ctx.send(user_id, texts.t(lang, "gift_bought", title=title,
+                              duration=texts.duration_text(payload["duration"], lang),
+                              link=gift_link(ctx.app.bot_username, payload["token"])))
+
+
+def gift_redeemed(ctx: Context, user_id: int, payload: dict) -> None:
+    """To a gift's buyer: someone took it."""
+    lang = member_language(ctx.app, user_id)
+    row = ctx.db.member(payload["user_id"])
+    name = (row["first_name"] or (row["username"] and f"@{row['username']}")) if row else None
+    ctx.send(user_id, texts.t(lang, "gift_taken", gift=payload["gift"],
+                              who=name or texts.t(lang, "gift_taken_someone")))
 
 
 def way_in(ctx: Context, user_id: int, payload: dict) -> None:

@@ -68,6 +68,8 @@ Handler = Callable[[Context, int, dict], None]
 KINDS: dict[Kind, Handler] = {
     Kind.ACTIVATED: messages.activated,
     Kind.GRANTED: messages.granted,
+    Kind.GIFT_BOUGHT: messages.gift_bought,
+    Kind.GIFT_REDEEMED: messages.gift_redeemed,
     Kind.WAY_IN: messages.way_in,
     Kind.APPROVE: access.approve,
     Kind.JOIN_PLANS: messages.join_plans,
@@ -90,7 +92,7 @@ KINDS: dict[Kind, Handler] = {
     Kind.ADMIN_MIGRATED: messages.admin_migrated,
 }
 # Work that is retried until it is done, however long that takes.
-NEVER_GIVE_UP = frozenset({Kind.EXPIRE, Kind.LIFT_BAN})
+NEVER_GIVE_UP = frozenset({Kind.EXPIRE, Kind.LIFT_BAN, Kind.GIFT_BOUGHT})
 # What follows when a row of the kind is closed, sent or given up (same arguments as its work).
 ON_CLOSE: dict[Kind, Handler] = {Kind.BROADCAST: messages.broadcast_counted}
 

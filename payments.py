@@ -9,7 +9,7 @@ import codes
 import texts
 from config import Config, Plan
 from cryptopay import CryptoPayError, UnreadableInvoice
-from db import UNUSABLE_STATE, WEBHOOK_STATE, CodeTaken, Outcome
+from db import UNUSABLE_STATE, WEBHOOK_STATE, ApplyResult, CodeTaken, Outcome
 from kinds import Kind
 from runtime import App
 
@@ -117,12 +117,15 @@ def club_name(app: App) -> str:
     return titles[0] if titles else (app.bot_username and f"@{app.bot_username}") or "the club"
 
 
-def buy(app: App, user_id: int, plan: Plan, plan_title: str) -> Purchase:
-    """Start a free plan, or give the member an invoice for a paid one (reusing an unexpired one).
+def buy(app: App, user_id: int, plan: Plan, plan_title: str, gift: bool = False) -> Purchase:
+    """Start a free plan, or give the member an invoice for a paid one (reusing an unexpired one);
+    with `gift`, an invoice for the plan as a gift (a free plan is no gift: ValueError).
 
     Raises CryptoPayError when Crypto Pay cannot create the invoice.
     """
     now = app.now()
+    if plan.is_trial and gift:
+        raise ValueError(f"plan {plan.id} is free: it cannot be bought as a gift")
     if plan.is_trial:
         expires_at = app.db.claim_trial(user_id, plan.id, plan.duration, now)
         if expires_at is None:
@@ -140,22 +143,23 @@ def buy(app: App, user_id: int, plan: Plan, plan_title: str) -> Purchase:
     amount = plan.amount if code is None else codes.price_for(plan, code)
     code_id = None if code is None else code["id"]
     reusable = app.db.reusable_invoice(user_id, plan.id, plan.duration, amount, plan.currency,
-                                       plan.is_fiat, accepted_assets, now + REUSE_MARGIN, code_id)
+                                       plan.is_fiat, accepted_assets, now + REUSE_MARGIN, code_id, gift)
     if reusable is not None:
         return Purchase(invoice=reusable, code=code)
     try:
         payment_uuid = app.db.start_invoice(user_id, plan.id, plan.duration, amount, plan.currency,
                                             plan.is_fiat, now, app.config.invoice_ttl, accepted_assets,
-                                            code_id, None if code is None else plan.amount)
+                                            code_id, None if code is None else plan.amount, gift)
     except CodeTaken:  # every use is held by payments or payable invoices: as if the code were used up
-        held = app.db.held_invoice(user_id, plan.id, code_id, now)
+        held = app.db.held_invoice(user_id, plan.id, code_id, now, gift)
         if held is not None:  # by the member's own invoice, in its last minutes: still theirs to pay
             return Purchase(invoice=held, code=code)
         return _code_refused(app, user_id, code, plan, now)
     try:
         invoice = app.cryptopay.create_invoice(
             amount=amount, currency=plan.currency, fiat=plan.is_fiat, payload=payment_uuid,
-            description=f"{club_name(app)}: {plan_title}", expires_in=app.config.invoice_ttl,
+            description=f"{club_name(app)}: {plan_title}" + (" (gift)" if gift else ""),
+            expires_in=app.config.invoice_ttl,
             accepted_assets=accepted_assets,
             paid_btn_url=f"https://t.me/{app.bot_username}" if app.bot_username else None,
         )
@@ -169,8 +173,9 @@ def buy(app: App, user_id: int, plan: Plan, plan_title: str) -> Purchase:
         log.warning("invoice %s was created for %s %s, not %s %s as asked; payments are checked against it",
                     invoice.invoice_id, invoice.amount, invoice.currency, amount, plan.currency)
     app.db.invoice_created(payment_uuid, invoice.invoice_id, invoice.pay_url, invoice.amount)
-    log.info("invoice %s created: member %s, plan %s, %s %s%s", invoice.invoice_id, user_id, plan.id,
-             amount, plan.currency, f" (code {code['name']})" if code is not None else "")
+    log.info("invoice %s created: member %s, plan %s%s, %s %s%s", invoice.invoice_id, user_id, plan.id,
+             " as a gift" if gift else "", amount, plan.currency,
+             f" (code {code['name']})" if code is not None else "")
     return Purchase(invoice=app.db.invoice_by_uuid(payment_uuid), code=code)
 
 
@@ -217,8 +222,8 @@ def check(app: App, payment_uuid: str, user_id: int) -> str:
     if invoice is None:
         return "check_expired" if row["status"] != "pending" else "check_unknown"
     if invoice.status == "paid":
-        result = app.db.apply_invoice(invoice, "button", app.now(), app.config.admin_ids)
-        log_applied(result.outcome, invoice.invoice_id, "button", result.user_id, result.expires_at)
+        result = app.db.apply_invoice(invoice, "button", app.now(), app.config.admin_ids, app.config.referral_bonus)
+        log_applied(result, invoice.invoice_id, "button")
         app.wake_sender()
         return "check_mismatch" if result.outcome is Outcome.MISMATCH else "check_paid"
     if invoice.status == "expired":
@@ -261,7 +266,8 @@ def poll_once(app: App, watch: WebhookWatch | None = None) -> int:
         seen.add(invoice.invoice_id)
         if invoice.status == "paid":
             try:
-                result = app.db.apply_invoice(invoice, "poller", now, app.config.admin_ids)
+                result = app.db.apply_invoice(invoice, "poller", now, app.config.admin_ids,
+                                              app.config.referral_bonus)
             except Exception:  # one bad row must not stop the rest
                 log.exception("poller: applying invoice %s failed", invoice.invoice_id)
                 continue
@@ -269,7 +275,7 @@ def poll_once(app: App, watch: WebhookWatch | None = None) -> int:
                 log.info("poller: invoice %s was paid before its webhook arrived", invoice.invoice_id)
                 if watch is not None:
                     watch.poller_applied(invoice.invoice_id, now)
-            log_applied(result.outcome, invoice.invoice_id, "poller", result.user_id, result.expires_at)
+            log_applied(result, invoice.invoice_id, "poller")
         elif invoice.status == "expired":
             expired.append(invoice.invoice_id)
     missing = [] if blind else [i for i in pending if i not in seen]
@@ -282,10 +288,14 @@ def poll_once(app: App, watch: WebhookWatch | None = None) -> int:
     return calls
 
 
-def log_applied(outcome: Outcome, invoice_id: int, cause: str, user_id: int | None,
-                expires_at: int | None, arrival: str = "", to: logging.Logger = log) -> None:
+def log_applied(result: ApplyResult, invoice_id: int, cause: str, arrival: str = "",
+                to: logging.Logger = log) -> None:
     """One line for what a payment did; `arrival` (the webhook's own part) begins the same line."""
-    if outcome is Outcome.APPLIED:
+    outcome, user_id, expires_at = result.outcome, result.user_id, result.expires_at
+    if outcome is Outcome.APPLIED and result.gift is not None:
+        to.info("%spayment processed: invoice %s by %s; gift link %s made for member %s", arrival, invoice_id,
+                cause, result.gift, user_id)
+    elif outcome is Outcome.APPLIED:
         to.info("%spayment processed: invoice %s by %s; subscription activated: member %s until %s",
                 arrival, invoice_id, cause, user_id, texts.log_date(expires_at))
     elif outcome is Outcome.DUPLICATE:

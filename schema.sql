@@ -265,3 +265,36 @@ CREATE TABLE gifts (
     redeemed_by INTEGER,                                -- the member who opened it first
     redeemed_at INTEGER
 );
+
+-- version: 8
+-- A plan bought as a gift (1): once paid, it makes a gift link for the buyer to pass on
+-- instead of giving the buyer time.
+ALTER TABLE invoices ADD COLUMN gift INTEGER NOT NULL DEFAULT 0;
+
+-- The invoice that paid for a gift link a member bought (NULL: made by the owner).
+ALTER TABLE gifts ADD COLUMN invoice_row INTEGER REFERENCES invoices(id);
+CREATE UNIQUE INDEX gifts_invoice ON gifts(invoice_row) WHERE invoice_row IS NOT NULL;
+-- A bought gift's link that could not be delivered (the buyer had blocked the bot, say): it
+-- keeps its token, and is sent again when the buyer asks for their gifts.
+CREATE INDEX outbox_gift_undelivered ON outbox(chat_id) WHERE kind = 'gift_bought' AND status = 'failed';
+
+-- Referrals. A member's public referral code (t.me/<bot>?start=r-<ref>), made when first
+-- shown; who referred the member (first link wins), and when.
+ALTER TABLE members ADD COLUMN ref TEXT;
+CREATE UNIQUE INDEX members_ref ON members(ref) WHERE ref IS NOT NULL;
+ALTER TABLE members ADD COLUMN referred_by INTEGER;
+ALTER TABLE members ADD COLUMN referred_at INTEGER;
+CREATE INDEX members_referred_by ON members(referred_by) WHERE referred_by IS NOT NULL;
+
+-- The bonus a referrer earned by a referred member's first payment: once per referred member
+-- (the key), in the payment's transaction. duration 0: earned but withheld (the referrer's
+-- time was revoked by an admin). taken_back_at: the payment was refunded.
+CREATE TABLE referral_bonuses (
+    referred_id   INTEGER PRIMARY KEY,
+    referrer_id   INTEGER NOT NULL,
+    invoice_row   INTEGER NOT NULL REFERENCES invoices(id),
+    duration      INTEGER NOT NULL,
+    at            INTEGER NOT NULL,
+    taken_back_at INTEGER
+);
+CREATE INDEX referral_bonuses_referrer ON referral_bonuses(referrer_id);

@@ -20,14 +20,16 @@ def plan_title(plan: Plan, lang: str) -> str:
     return plan.title or texts.duration_text(plan.duration, lang)
 
 
-def plans_keyboard(app: App, lang: str, renew: bool, user_id: int | None = None) -> types.InlineKeyboardMarkup:
-    """The plans as buttons; those that the member's attached code covers show the old and the new price."""
+def plans_keyboard(app: App, lang: str, renew: bool, user_id: int | None = None,
+                   gift_button: bool = False, for_gift: bool = False) -> types.InlineKeyboardMarkup:
+    """The plans as buttons; those that the member's attached code covers show the old and the new
+    price. `for_gift`: the paid plans, to buy as a gift; `gift_button`: a last button that shows them."""
     code = None if user_id is None else codes.attached(app.db, user_id, app.now())
     keyboard = types.InlineKeyboardMarkup()
     for plan in app.config.plans:
         title = plan_title(plan, lang)
         if plan.is_trial:
-            if renew:
+            if renew or for_gift:
                 continue
             label = texts.t(lang, "trial_button", title=title)
         else:
@@ -35,9 +37,23 @@ def plans_keyboard(app: App, lang: str, renew: bool, user_id: int | None = None)
             if code is not None and codes.covers(code, plan):
                 price = texts.t(lang, "code_price", price=texts.price(codes.price_for(plan, code), plan.currency),
                                 old=price)
-            label = texts.t(lang, "renew_button" if renew else "plan_button", title=title, price=price)
-        keyboard.add(types.InlineKeyboardButton(label, callback_data=f"plan:{plan.id}"))
+            label = texts.t(lang, "renew_button" if renew and not for_gift else "plan_button", title=title,
+                            price=price)
+        keyboard.add(types.InlineKeyboardButton(label, callback_data=f"{'gift' if for_gift else 'plan'}:{plan.id}"))
+    if gift_button and any(not plan.is_trial for plan in app.config.plans):
+        keyboard.add(types.InlineKeyboardButton(texts.t(lang, "gift_button"), callback_data=GIFT_MENU))
     return keyboard
+
+
+GIFT_MENU = "gifts"  # the callback of the button that shows the plans to give
+
+
+def gift_link(bot_username: str | None, token: str) -> str:
+    return f"https://t.me/{bot_username or '<bot>'}?start=g-{token}"
+
+
+def referral_link(bot_username: str | None, ref: str) -> str:
+    return f"https://t.me/{bot_username or '<bot>'}?start=r-{ref}"
 
 
 def chat_name(app: App, chat_id: int, lang: str) -> str:

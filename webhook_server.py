@@ -195,12 +195,12 @@ class WebhookApp:
             # The clock itself: read under the write lock, so paid_at follows the commit order.
             # An invoice of ours, even a duplicate, also clears the "webhooks are not arriving"
             # and "unusable webhook" alerts (payments.note_webhooks_missing, note_unusable_webhook) as it is recorded.
-            result = app.db.apply_invoice(invoice, "webhook", app.now, app.config.admin_ids)
+            result = app.db.apply_invoice(invoice, "webhook", app.now, app.config.admin_ids,
+                                          app.config.referral_bonus)
         except sqlite3.OperationalError as exc:
             log.error("%sinvoice %s not applied, the database failed: %s", arrival, invoice.invoice_id, exc)
             return _error(start_response, 500, "database unavailable, retry later")
-        log_applied(result.outcome, invoice.invoice_id, "webhook", result.user_id, result.expires_at, arrival,
-                    to=log)
+        log_applied(result, invoice.invoice_id, "webhook", arrival, to=log)
         if result.outcome in (Outcome.APPLIED, Outcome.MISMATCH):
             app.wake_sender()
         return _respond(start_response, 200, OK)

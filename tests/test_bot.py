@@ -23,7 +23,7 @@ def test_start_greets_and_offers_every_plan_as_a_button(bot, telegram):
     assert message["text"].startswith("Welcome to @club_test_bot")
     labels = [(b["text"], b["callback_data"]) for b in buttons(message)]
     assert labels == [("30 days: 5 USDT", "plan:month"), ("365 days: 50 USDT", "plan:year"),
-                      ("3 days: free trial", "trial") if False else ("3 days: free trial", "plan:trial")]
+                      ("3 days: free trial", "plan:trial"), ("🎁 Give as a gift", "gifts")]
 
 
 def test_start_speaks_russian_to_a_russian_member(bot, telegram):
@@ -100,7 +100,7 @@ def test_start_for_an_active_member_shows_the_status_renewal_and_the_way_in(bot,
     command(bot, "/start")
     message = last_message(telegram)
     assert message["text"].startswith("Welcome back")
-    assert [b["callback_data"] for b in buttons(message)] == ["plan:month", "plan:year"]
+    assert [b["callback_data"] for b in buttons(message)] == ["plan:month", "plan:year", "gifts"]
     Sender(app).run_once()
     way_in = last_message(telegram)
     assert buttons(way_in)[0]["url"].startswith("https://t.me/+fake")
@@ -140,7 +140,7 @@ def test_plain_text_gets_the_menu_in_the_members_language(bot, telegram, app):
     command(bot, "hello?")
     message = last_message(telegram)
     assert message["text"].startswith("Welcome to @club_test_bot")
-    assert [b["callback_data"] for b in buttons(message)] == ["plan:month", "plan:year", "plan:trial"]
+    assert [b["callback_data"] for b in buttons(message)] == ["plan:month", "plan:year", "plan:trial", "gifts"]
     command(bot, "привет", lang="ru")
     assert last_message(telegram)["text"].startswith("Добро пожаловать")
 

@@ -40,7 +40,8 @@ def last_text(telegram, chat_id=501) -> str:
 
 
 def plan_labels(telegram, chat_id=501) -> list[str]:
-    return [b["text"] for b in buttons(telegram.messages_to(chat_id)[-1])]
+    """The plans' buttons of the last message (without the one that shows the plans to give)."""
+    return [b["text"] for b in buttons(telegram.messages_to(chat_id)[-1]) if b.get("callback_data") != "gifts"]
 
 
 def uses(app) -> int:

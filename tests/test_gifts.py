@@ -137,8 +137,9 @@ def test_stats_count_the_links_made_and_redeemed(app, bot):
     assert "Gift links" not in admin.stats_text(app.db, app.now(), "en")
     tokens = make(app, 3)
     command(bot, f"/start g-{tokens[0]}")
-    assert "Gift links: 3 made, 1 redeemed" in admin.stats_text(app.db, app.now(), "en")
-    assert "Подарочные ссылки: создано 3, использовано 1" in admin.stats_text(app.db, app.now(), "ru")
+    assert "Gift links: 3 made (0 bought by members), 1 redeemed" in admin.stats_text(app.db, app.now(), "en")
+    assert ("Подарочные ссылки: создано 3 (куплено участниками 0), использовано 1"
+            in admin.stats_text(app.db, app.now(), "ru"))
 
 
 def test_the_csv_has_one_row_a_link(app):

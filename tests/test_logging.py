@@ -70,7 +70,7 @@ def test_log_lines_write_an_expiry_as_a_utc_date(app, cryptopay, caplog):
 
     caplog.set_level(logging.INFO, logger="clubbot")
     result = paid(app, cryptopay)
-    log_applied(result.outcome, 1001, "webhook", result.user_id, result.expires_at)
+    log_applied(result, 1001, "webhook")
     app.db.upsert_member(502, "m502", "Member", "en", app.now())
     buy(app, 502, app.config.plan("trial"), "trial")
     expiry, trial_end = texts.log_date(result.expires_at), texts.log_date(app.now() + 3 * 86400)
