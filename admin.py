@@ -89,12 +89,17 @@ def referrers_text(db: Database, lang: str, bonus: int | None, limit: int = 20) 
     return off + texts.t(lang, "admin_referrers", lines="\n".join(lines))
 
 
-def gifts_text(lines: list[str], lang: str, limit: int = 50) -> str:
-    """gifts.list_lines for a message: the newest `limit` (a message holds 4096 characters)."""
+def gifts_text(lines: list[str], lang: str, room: int = 3500) -> str:
+    """gifts.list_lines for a message: the newest that fit in `room` characters (a message holds
+    4096), and how many older ones are left out."""
     if not lines:
         return texts.t(lang, "admin_no_gifts")
-    shown = lines[-limit:]
-    more = [f"… +{len(lines) - limit}"] if len(lines) > limit else []
+    shown: list[str] = []
+    for line in reversed(lines):
+        if sum(len(s) + 1 for s in shown) + len(line) > room:
+            break
+        shown.insert(0, line)
+    more = [f"… +{len(lines) - len(shown)}"] if len(shown) < len(lines) else []
     return texts.t(lang, "admin_gift_list", lines="\n".join(more + shown))
 
 

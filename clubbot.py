@@ -475,7 +475,7 @@ USER = ("user", {"help": "Telegram id or @username"})
 def _count(low: int, high: int) -> Callable[[str], int]:
     """An argparse type: a whole number from `low` to `high`, or a clear error."""
     def convert(text: str) -> int:
-        if not text.isdigit() or not low <= int(text) <= high:
+        if not (text.isascii() and text.isdecimal()) or not low <= int(text) <= high:
             raise argparse.ArgumentTypeError(f"'{text[:20]}' is not a whole number from {low} to {high}")
         return int(text)
     return convert

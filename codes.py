@@ -73,11 +73,15 @@ def floor(plan: Plan) -> Decimal:
     return max(plan.amount / 100, Decimal(1).scaleb(-places(plan.currency, plan.is_fiat)))
 
 
-def covers(code: sqlite3.Row, plan: Plan) -> bool:
-    """Whether the code discounts this plan: one it names (or any, when it names none), and whose
-    discounted price stays at the floor or above. A plan added or made cheaper after the code
-    was made is not taken below the floor: it is sold at its own price."""
+def covers(code: sqlite3.Row, plan: Plan, gift: bool = False) -> bool:
+    """Whether the code discounts this plan (bought as a gift, if `gift`): one it names (or any,
+    when it names none), and whose discounted price stays at the floor or above. A plan added or
+    made cheaper after the code was made is not taken below the floor: it is sold at its own
+    price. A newcomer's discount (first payment only) is not for gifts: passed on, it would
+    cheapen a member's own time."""
     if plan.is_trial or (code["plans"] and plan.id not in code["plans"].split(",")):
+        return False
+    if gift and code["first_only"]:
         return False
     return price_for(plan, code) >= floor(plan)
 

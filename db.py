@@ -710,7 +710,7 @@ class Database:
             "pending": one("SELECT count(*) FROM invoices WHERE status = 'pending'"),
             "revenue": dict(sorted(revenue.items())),
             "daily": daily,
-            "gifts": one("SELECT count(*) FROM gifts"),
+            "gifts": one("SELECT count(*) FROM gifts WHERE ready = 1"),
             "gifts_redeemed": one("SELECT count(*) FROM gifts WHERE redeemed_at IS NOT NULL"),
             "gifts_bought": one("SELECT count(*) FROM gifts WHERE invoice_row IS NOT NULL"),
             "referred": one("SELECT count(*) FROM members WHERE referred_by IS NOT NULL"),
@@ -821,23 +821,35 @@ class Database:
     # --- gift links ---
 
     def add_gifts(self, links: list[tuple[str, str]], plan_id: str, duration: int, now: int, by: str,
-                  command_key: str | None = None) -> bool:
+                  command_key: str | None = None, ready: bool = True) -> bool:
         """Store gift links as (token hash, short id), all or none; False, storing none, when the
-        command `command_key` was carried out before."""
+        command `command_key` was carried out before. Not `ready`: they do not work until
+        gift_batch_ready(command_key)."""
         with self.transaction() as tx:
             if not claim_command(tx, command_key, now):
                 return False
-            tx.executemany("INSERT INTO gifts (token_hash, short_id, plan_id, duration, created_at, created_by) "
-                           "VALUES (?, ?, ?, ?, ?, ?)",
-                           [(token_hash, short_id, plan_id, duration, now, by) for token_hash, short_id in links])
+            tx.executemany("INSERT INTO gifts (token_hash, short_id, plan_id, duration, created_at, created_by, "
+                           "ready, batch) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                           [(token_hash, short_id, plan_id, duration, now, by, int(ready), command_key)
+                            for token_hash, short_id in links])
             _audit(tx, now, None, "gifts_created", by, detail={"plan": plan_id, "count": len(links)})
             return True
+
+    def gift_batch_ready(self, command_key: str) -> int:
+        """The links of an admin's batch work from now on (its file was sent); how many changed."""
+        with self.transaction() as tx:
+            return tx.execute("UPDATE gifts SET ready = 1 WHERE batch = ? AND ready = 0", (command_key,)).rowcount
+
+    def drop_gift_batch(self, command_key: str) -> int:
+        """An admin's batch whose file could not be sent: its links are deleted; how many."""
+        with self.transaction() as tx:
+            return tx.execute("DELETE FROM gifts WHERE batch = ? AND ready = 0", (command_key,)).rowcount
 
     def redeem_gift(self, token_hash: str, user_id: int, now: int) -> tuple[str, int | None]:
         """Give the gift's time to the first member to open its link: ("redeemed", its duration);
         ("used", None) when it was redeemed before (by anyone), ("unknown", None) for no such gift."""
         with self.transaction() as tx:
-            gift = tx.execute("SELECT * FROM gifts WHERE token_hash = ?", (token_hash,)).fetchone()
+            gift = tx.execute("SELECT * FROM gifts WHERE token_hash = ? AND ready = 1", (token_hash,)).fetchone()
             if gift is None:
                 return "unknown", None
             if tx.execute("UPDATE gifts SET redeemed_by = ?, redeemed_at = ? WHERE token_hash = ? "
@@ -867,12 +879,12 @@ class Database:
     def gifts(self, bought_by: int | None = None) -> list[sqlite3.Row]:
         """Every gift link with the member who redeemed it (if any), and who bought it (NULL:
         made by the owner); only those `bought_by` bought, if given."""
-        where = "" if bought_by is None else "WHERE i.user_id = ?"
+        where = "" if bought_by is None else "AND i.user_id = ?"
         return self.connect().execute(
             f"""SELECT g.short_id, g.plan_id, g.created_at, g.redeemed_by, g.redeemed_at, m.username,
                        i.user_id AS bought_by
                 FROM gifts g LEFT JOIN members m ON m.user_id = g.redeemed_by
-                LEFT JOIN invoices i ON i.id = g.invoice_row {where} ORDER BY g.id""",
+                LEFT JOIN invoices i ON i.id = g.invoice_row WHERE g.ready = 1 {where} ORDER BY g.id""",
             () if bought_by is None else (bought_by,)).fetchall()
 
     def resend_gift_links(self, user_id: int, now: int) -> int:
@@ -1263,9 +1275,9 @@ def _refers_back(tx: sqlite3.Connection, referrer_id: int, user_id: int) -> bool
 def _referral_bonus(tx: sqlite3.Connection, row: sqlite3.Row, now: int, cause: str, invoice_id: int,
                     bonus: int) -> None:
     """A member's own payment was applied: if it is the first, and they were referred, the
-    referrer earns `bonus`, once per referred member (the key of referral_bonuses), with the
-    way in and a message. A referrer whose time an admin revoked earns nothing (recorded, so
-    that it is not given by a later payment either)."""
+    referrer earns `bonus` (at most the time the payment bought), once per referred member (the
+    key of referral_bonuses), with the way in and a message. A referrer whose time an admin
+    revoked earns nothing (recorded, so that it is not given by a later payment either)."""
     user_id = row["user_id"]
     member = tx.execute("SELECT referred_by FROM members WHERE user_id = ?", (user_id,)).fetchone()
     if member is None or member["referred_by"] is None:
@@ -1274,6 +1286,7 @@ def _referral_bonus(tx: sqlite3.Connection, row: sqlite3.Row, now: int, cause: s
                   (user_id, row["id"])).fetchone():
         return  # not their first payment: one before was made while the programme was off
     referrer_id = member["referred_by"]
+    bonus = min(bonus, row["duration"])  # spare accounts buying the shortest plan earn no more than it gives
     revoked = tx.execute("SELECT 1 FROM subscriptions WHERE user_id = ? AND revoked_at IS NOT NULL",
                          (referrer_id,)).fetchone() is not None
     if tx.execute("INSERT INTO referral_bonuses (referred_id, referrer_id, invoice_row, duration, at) "

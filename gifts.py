@@ -93,18 +93,27 @@ def redeem(db: Database, user_id: int, token: str, now: int) -> tuple[str, int |
 
 def send_and_store(db: Database, config: Config, plan_id: str, count: int, now: int, by: str,
                    bot_username: str | None, send: Callable[[bytes], None], command_key: str) -> bool:
-    """`gift create` from Telegram: the links made, handed to `send` as a CSV file, and stored
-    (working) only once it was sent: a link must not work unless someone has it. False when the
-    command was carried out before (the update handled again after a kill): nothing is sent.
-    Raises GiftError for a wrong plan or count, and whatever `send` raises (nothing stored)."""
+    """`gift create` from Telegram: the links made, stored not working, handed to `send` as a CSV
+    file, and working once it was sent: a link must not work unless someone has it. False when
+    the command was carried out before (the update handled again after a kill): nothing is sent,
+    and a batch stored then works (its file may have been sent before the kill). Raises GiftError
+    for a wrong plan or count, and whatever `send` raises (the batch deleted)."""
     if db.command_done(command_key):
+        db.gift_batch_ready(command_key)  # stored, then the process was stopped: its file may have been sent
         return False
     plan, made = make(config, plan_id, count)
+    if not db.add_gifts([(token_hash(token), short_id) for token, short_id in made], plan.id, plan.duration,
+                        now, by, command_key, ready=False):
+        return False
     buffer = io.StringIO()
     write_csv(buffer, made, plan.id, now, bot_username)
-    send(buffer.getvalue().encode("utf-8"))
-    return db.add_gifts([(token_hash(token), short_id) for token, short_id in made], plan.id, plan.duration,
-                        now, by, command_key)
+    try:
+        send(buffer.getvalue().encode("utf-8"))
+    except Exception:
+        db.drop_gift_batch(command_key)
+        raise
+    db.gift_batch_ready(command_key)
+    return True
 
 
 def list_lines(db: Database) -> list[str]:

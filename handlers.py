@@ -48,12 +48,15 @@ def on_start(app: App, message: types.Message) -> None:
         note, given = opener(app, message.from_user.id, parameter[2:], lang)
     elif parameter and not START_PARAMETER.fullmatch(parameter):
         note = texts.t(lang, "link_invalid")  # one of others' own (an ad's tag, say) is only a /start
-    if given:
-        _menu(app, message, lang, note)
-        app.wake_sender()  # the message queued with the time brings the way in
-    elif _menu(app, message, lang, note):
-        # The way in, again: the sender approves a waiting request or sends the links.
+    resent = app.db.resend_gift_links(message.from_user.id, app.now())  # a buyer back after blocking the bot
+    if resent:
+        note = "\n\n".join(filter(None, (note, texts.t(lang, "gift_resent"))))
+    active = _menu(app, message, lang, note)
+    if active and not given:
+        # The way in, again: the sender approves a waiting request or sends the links. (Time
+        # given just now brings it with its own message.)
         queue_way_in(app, message.from_user.id, app.now())
+    if active or given or resent:
         app.wake_sender()
 
 
@@ -383,16 +386,16 @@ def _admin_codes(request: AdminRequest) -> str:
 
 def _admin_gift(request: AdminRequest) -> str | None:
     """/gift create PLAN COUNT: single-use links as a CSV file; /gift list; an admin's plain /gift
-    is a member's (the plans to give)."""
+    is a member's (the plans to give); anything else, the usage."""
     words = request.args
     action = words[0].lower() if words else ""
-    if action == "list" and len(words) == 1:
-        return admin.gifts_text(gifts.list_lines(request.app.db), request.lang)
-    if action != "create":
+    usage = admin.AdminError("admin_usage_gift", max=gifts.MAX_COUNT)
+    if not words:
         on_gift(request.app, request.message)
         return None
-    usage = admin.AdminError("admin_usage_gift", max=gifts.MAX_COUNT)
-    if len(words) != 3 or not words[2].isdigit():
+    if action == "list" and len(words) == 1:
+        return admin.gifts_text(gifts.list_lines(request.app.db), request.lang)
+    if action != "create" or len(words) != 3 or not words[2].isdecimal() or not words[2].isascii():
         raise usage
     app, chat_id, plan_id, count = request.app, request.message.chat.id, words[1], int(words[2])
 

@@ -71,12 +71,10 @@ def gift_bought(ctx: Context, user_id: int, payload: dict) -> None:
 
 
 def gift_redeemed(ctx: Context, user_id: int, payload: dict) -> None:
-    """To a gift's buyer: someone took it."""
+    """To a gift's buyer: it was taken (not by whom: a link passed on further, or leaked, must not
+    tell a stranger's name)."""
     lang = member_language(ctx.app, user_id)
-    row = ctx.db.member(payload["user_id"])
-    name = (row["first_name"] or (row["username"] and f"@{row['username']}")) if row else None
-    ctx.send(user_id, texts.t(lang, "gift_taken", gift=payload["gift"],
-                              who=name or texts.t(lang, "gift_taken_someone")))
+    ctx.send(user_id, texts.t(lang, "gift_taken", gift=payload["gift"]))
 
 
 def way_in(ctx: Context, user_id: int, payload: dict) -> None:

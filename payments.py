@@ -136,7 +136,7 @@ def buy(app: App, user_id: int, plan: Plan, plan_title: str, gift: bool = False)
     _learn_username(app)
     accepted_assets = app.config.accepted_assets
     code = codes.attached(app.db, user_id, now)
-    if code is not None and not codes.covers(code, plan):
+    if code is not None and not codes.covers(code, plan, gift):
         code = None  # not for this plan: its price is shown without a discount
     if code is not None and not codes.usable(app.db, code, user_id, now, plan):
         return _code_refused(app, user_id, code, plan, now)

@@ -271,6 +271,12 @@ CREATE TABLE gifts (
 -- instead of giving the buyer time.
 ALTER TABLE invoices ADD COLUMN gift INTEGER NOT NULL DEFAULT 0;
 
+-- Gift links an admin makes in Telegram are stored before their file is sent, not working
+-- (ready 0) until it was; batch: the command's key ("<chat id>:<message id>").
+ALTER TABLE gifts ADD COLUMN ready INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE gifts ADD COLUMN batch TEXT;
+CREATE INDEX gifts_batch ON gifts(batch) WHERE batch IS NOT NULL;
+
 -- The invoice that paid for a gift link a member bought (NULL: made by the owner).
 ALTER TABLE gifts ADD COLUMN invoice_row INTEGER REFERENCES invoices(id);
 CREATE UNIQUE INDEX gifts_invoice ON gifts(invoice_row) WHERE invoice_row IS NOT NULL;

@@ -34,7 +34,7 @@ def plans_keyboard(app: App, lang: str, renew: bool, user_id: int | None = None,
             label = texts.t(lang, "trial_button", title=title)
         else:
             price = texts.price(plan.amount, plan.currency)
-            if code is not None and codes.covers(code, plan):
+            if code is not None and codes.covers(code, plan, for_gift):
                 price = texts.t(lang, "code_price", price=texts.price(codes.price_for(plan, code), plan.currency),
                                 old=price)
             label = texts.t(lang, "renew_button" if renew and not for_gift else "plan_button", title=title,

@@ -100,8 +100,9 @@ def test_the_link_gives_the_time_once_and_the_buyer_hears_who_took_it(bot, app, 
     assert last_text(telegram, 503).startswith("This gift link was already used")
     assert app.db.expires_at(503) is None
     Sender(app).run_once()
-    assert [m["text"] for m in telegram.messages_to(501)][-1] == f"Your gift {gift_rows(app)[0]['short_id']} " \
-                                                                 "was taken by Member."
+    taken = [m["text"] for m in telegram.messages_to(501)][-1]
+    assert taken == f"Your gift {gift_rows(app)[0]['short_id']} was taken: its membership has begun."
+    assert "Bob" not in taken and "bob" not in taken  # not by whom: a leaked link must not name a stranger
     press(bot, "gifts")
     assert f"{gift_rows(app)[0]['short_id']} (30 days): taken" in last_text(telegram)
     assert "bought by 501" in gifts.list_lines(app.db)[0]
@@ -149,6 +150,16 @@ def test_a_discount_code_applies_to_a_gift_and_its_use_counts_once(bot, app, tel
     assert app.db.code("GIVE")["uses"] == 1 and len(gift_rows(app)) == 1
 
 
+def test_a_first_payment_only_code_does_not_discount_a_gift(bot, app, telegram, cryptopay):
+    add(app, "NEWBIE --percent 50 --first-payment-only")
+    command(bot, "/code NEWBIE")
+    press(bot, "gifts")
+    assert [b["text"] for b in buttons(telegram.messages_to(501)[-1])][0] == "30 days: 5 USDT"
+    press(bot, "gift:month")
+    press(bot, "plan:month")  # for oneself, it still works
+    assert [params["amount"] for params in cryptopay.called("createInvoice")] == ["5", "2.50"]
+
+
 def test_a_mismatched_gift_payment_makes_no_link(bot, app, telegram, cryptopay):
     press(bot, "gift:month")
     invoice = parse_invoice(cryptopay.pay(gift_invoice(app)["invoice_id"], amount="1"))
@@ -187,10 +198,11 @@ def test_an_admin_makes_links_in_telegram_as_a_file_and_they_work(bot, app, tele
     assert "redeemed by 502 @m502" in text
 
 
-@pytest.mark.parametrize("words", ["", "month", "month many", "nonsense 3", "month 0", "month 10001", "month -1",
-                                   "month 3 4"])
+@pytest.mark.parametrize("words", ["create", "create month", "create month many", "create nonsense 3",
+                                   "create month 0", "create month 10001", "create month -1", "create month 3 4",
+                                   "create month ²", "create month ３", "list x", "make month 3"])
 def test_a_wrong_gift_create_says_how_and_makes_nothing(bot, app, telegram, words):
-    command(bot, f"/gift create {words}".strip(), user_id=ADMIN)
+    command(bot, f"/gift {words}", user_id=ADMIN)
     assert last_text(telegram, ADMIN).startswith("Usage: /gift create PLAN COUNT")
     assert telegram.called("sendDocument") == [] and gift_rows(app) == []
 
@@ -200,6 +212,41 @@ def test_links_whose_file_was_not_sent_do_not_work(bot, app, telegram):
     command(bot, "/gift create month 2", user_id=ADMIN)
     assert last_text(telegram, ADMIN).startswith("The file could not be sent, so no links were made")
     assert gift_rows(app) == []
+
+
+def test_a_batch_whose_file_was_sent_right_before_a_kill_works_when_the_command_comes_again(
+        bot, app, telegram, monkeypatch):
+    from builders import feed, message
+
+    class Killed(BaseException):
+        pass
+
+    ready = type(app.db).gift_batch_ready
+
+    def killed_once(self, key):
+        monkeypatch.setattr(type(app.db), "gift_batch_ready", ready)
+        raise Killed
+
+    monkeypatch.setattr(type(app.db), "gift_batch_ready", killed_once)
+    update = message("/gift create month 2", user_id=ADMIN)
+    with pytest.raises(Killed):
+        feed(bot, update)  # the file went out, then the process died
+    tokens = sent_links(telegram)
+    command(bot, f"/start g-{tokens[0]}", user_id=502)
+    assert app.db.expires_at(502) is None  # not working yet
+    feed(bot, update)  # handled again after the restart
+    assert len(telegram.called("sendDocument")) == 1 and len(gift_rows(app)) == 2
+    command(bot, f"/start g-{tokens[1]}", user_id=503)
+    assert app.db.expires_at(503) == app.now() + MONTH
+
+
+def test_the_gift_list_fits_in_one_message_however_many_links_were_redeemed(app):
+    for number, token in enumerate(t for t, _ in gifts.create(app.db, app.config, "month", 80, app.now(), "test")):
+        app.db.upsert_member(600 + number, "u" * 32, "Member", "en", app.now())
+        gifts.redeem(app.db, 600 + number, token, app.now())
+    text = admin.gifts_text(gifts.list_lines(app.db), "en")
+    assert len(text) <= 4096 and text.splitlines()[1].startswith("… +")
+    assert text.splitlines()[-1] == gifts.list_lines(app.db)[-1]  # the newest
 
 
 def test_a_gift_create_handled_again_after_a_crash_makes_no_second_batch(bot, app, telegram):
@@ -239,7 +286,7 @@ def test_a_link_the_buyer_could_not_receive_is_kept_and_sent_again_when_they_ask
     Sender(app).run_once()
     [row] = app.db.connect().execute("SELECT payload, status FROM outbox WHERE kind = 'gift_bought'").fetchall()
     assert row["status"] == "failed" and "token" in json.loads(row["payload"])  # not lost with the failure
-    command(bot, "/gift")  # the buyer is back
+    command(bot, "/start")  # the buyer is back
     assert "on their way again" in last_text(telegram)
     Sender(app).run_once()
     token = the_link(telegram)

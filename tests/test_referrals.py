@@ -230,6 +230,16 @@ def test_a_payment_made_while_referrals_were_off_was_the_first_one(make_app, tel
     assert bonuses(on) == [] and on.db.expires_at(501) is None
 
 
+def test_the_bonus_is_never_more_than_the_time_the_payment_bought(make_app, telegram, cryptopay):
+    app = make_app(REFERRAL_BONUS="60d", PLANS="week:7d:1:USDT,year:365d:50:USDT")
+    register_handlers(app.bot, app)
+    arrive(app.bot, 502, link_of(app.bot, telegram, 501))
+    arrive(app.bot, 503, link_of(app.bot, telegram, 501))
+    paid(app, cryptopay, user_id=502, plan="week")
+    paid(app, cryptopay, user_id=503, plan="year")
+    assert bonuses(app) == [(502, 501, 7 * DAY), (503, 501, 60 * DAY)]
+
+
 def test_a_referrer_whose_time_an_admin_revoked_earns_nothing(bot, app, telegram, cryptopay):
     member_with_time(app, 501)
     arrive(bot, 502, link_of(bot, telegram, 501))
