@@ -135,7 +135,8 @@ def expire(ctx: Context, user_id: int, payload: dict) -> None:
 
 def _removal_due(ctx: Context, user_id: int, payload: dict) -> bool:
     """Is the expiry this removal was queued for still the member's, and past (plus grace)?
-    A revoke's removal is due while the member is still revoked, whatever the clock says."""
+    A revoke's removal is due while the member is still revoked, whatever the clock says, and a
+    refund's while the expiry it set stands."""
     row = ctx.db.subscription(user_id)
     if row is None:
         return False
@@ -143,6 +144,8 @@ def _removal_due(ctx: Context, user_id: int, payload: dict) -> bool:
         return row["revoked_at"] is not None
     if row["revoked_at"] is not None or row["expires_at"] != payload["expires_at"]:
         return False  # renewed, or revoked (whose removal is the revoke's own)
+    if payload.get("refund"):
+        return True  # a refund took all the time back: out now, no grace period
     if row["expires_at"] + ctx.app.config.grace_period <= ctx.app.now():
         return True
     ctx.db.expiry_not_handled(user_id, row["expires_at"])  # queued while the clock ran ahead

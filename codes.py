@@ -79,8 +79,8 @@ def covers(code: sqlite3.Row, plan: Plan, gift: bool = False) -> bool:
     made cheaper after the code was made is not taken below the floor: it is sold at its own
     price. A newcomer's discount (first payment only) is not for gifts: passed on, it would
     cheapen a member's own time."""
-    if plan.is_trial or (code["plans"] and plan.id not in code["plans"].split(",")):
-        return False
+    if plan.is_trial or plan.is_stars or (code["plans"] and plan.id not in code["plans"].split(",")):
+        return False  # Stars are whole numbers: no discounts there
     if gift and code["first_only"]:
         return False
     return price_for(plan, code) >= floor(plan)

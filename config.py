@@ -22,6 +22,11 @@ REQUIRED = object()
 FIAT_CURRENCIES = frozenset(
     "USD EUR RUB BYN UAH GBP CNY KZT UZS GEL TRY AMD THB INR BRL IDR AZN AED PLN ILS KGS TJS".split()
 )
+# Telegram Stars: the currency of a plan paid in the bot, the one period a Stars subscription
+# may have (30 days), and the most one invoice may ask.
+STARS = "XTR"
+STARS_PERIOD = 30 * 86400
+MAX_STARS = 10_000
 # What setup writes as DATABASE_PATH on testnet: test payments in a database of their own
 # (a database refuses the other network: runtime.build_app).
 TESTNET_DATABASE = "data/clubbot-testnet.db"
@@ -74,6 +79,16 @@ class Plan:
     @property
     def is_fiat(self) -> bool:
         return self.currency in FIAT_CURRENCIES
+
+    @property
+    def is_stars(self) -> bool:
+        """Paid in Telegram Stars in the bot, not through Crypto Pay."""
+        return self.currency == STARS
+
+    @property
+    def renews(self) -> bool:
+        """A 30-day Stars plan renews by itself every month (Telegram's only subscription period)."""
+        return self.is_stars and self.duration == STARS_PERIOD
 
 
 _DURATION_RE = re.compile(r"^(\d+)([smhd])$")
@@ -183,6 +198,8 @@ def _plans(text: str) -> tuple[Plan, ...]:
             raise ValueError(f"{where}: duration must be more than 0")
         if not re.fullmatch(r"[A-Z0-9]{2,10}", currency):
             raise ValueError(f"{where}: currency '{currency}' is not a code like USDT or USD")
+        if currency == STARS and value != 0 and (value != value.to_integral() or not 1 <= value <= MAX_STARS):
+            raise ValueError(f"{where}: a price in Telegram Stars (XTR) is a whole number from 1 to {MAX_STARS}")
         plans.append(Plan(plan_id, seconds, value, currency, title))
     return tuple(plans)
 

@@ -22,6 +22,44 @@ log = logging.getLogger("clubbot.cryptopay")
 # Crypto Pay answers up to 1000 invoices per getInvoices call.
 MAX_IDS_PER_CALL = 1000
 TIMEOUT = (5, 15)  # connect, read (seconds)
+MAX_SPEND_ID = 64  # transfer: spend_id is up to 64 characters
+MAX_TRANSFER_COMMENT = 1024  # transfer: comment is up to 1024 characters
+
+# The error names Crypto Pay answers `transfer` with. Crypto Pay's own documentation
+# (help.crypt.bot/crypto-pay-api) lists no error names, so these were checked against
+# public clients and bots that handle them:
+# - SPEND_ID_ALREADY_USED, INSUFFICIENT_FUNDS, AMOUNT_TOO_SMALL: the troubleshooting guide of
+#   the Python client github.com/ragnarok22/cryptobot_python (docs/troubleshooting.md,
+#   "CryptoBotError: code=400, name=..."); SPEND_ID_ALREADY_USED and INSUFFICIENT_FUNDS are also
+#   matched by name in independent production code (a PHP CryptobotPaymentProvider::withdraw,
+#   an aiogram referral bot calling pay.crypt.bot/api/transfer).
+# - USER_NOT_FOUND (the user never opened @CryptoBot): matched by name in that aiogram bot
+#   and in a seller-payout service, both calling transfer.
+# - Transfers not enabled for the app: NOT VERIFIED. Since Crypto Pay API 1.5 the transfer
+#   method is off until the owner enables it in the app's settings, but no public source
+#   seen shows the error name. METHOD_DISABLED is our best guess; TRANSFERS_DISABLED is
+#   accepted too. NOT_ENOUGH_COINS is likewise an unverified alias of INSUFFICIENT_FUNDS.
+ERR_SPEND_ID_USED = "SPEND_ID_ALREADY_USED"
+ERR_INSUFFICIENT_FUNDS = "INSUFFICIENT_FUNDS"
+ERR_AMOUNT_TOO_SMALL = "AMOUNT_TOO_SMALL"
+ERR_USER_NOT_FOUND = "USER_NOT_FOUND"
+ERR_TRANSFERS_DISABLED = "METHOD_DISABLED"  # unverified, see above
+
+_ENABLE_TRANSFERS = ("Transfers are not enabled for this app: in @CryptoBot open Crypto Pay > My Apps > "
+                     "the app > Security and enable transfers (menu path not verified).")
+
+# Error name -> what the owner should do. Every one is a definitive refusal (see
+# CryptoPayError.is_refused) except SPEND_ID_ALREADY_USED, which means the transfer was made.
+TRANSFER_ERRORS: dict[str, str] = {
+    ERR_SPEND_ID_USED: "This transfer was already made (its spend_id was used before); nothing to do.",
+    ERR_INSUFFICIENT_FUNDS: "The app's balance is too low: top up the app in @CryptoBot (Crypto Pay > My Apps).",
+    "NOT_ENOUGH_COINS": "The app's balance is too low: top up the app in @CryptoBot (Crypto Pay > My Apps).",
+    ERR_AMOUNT_TOO_SMALL: "The amount is below Crypto Pay's minimum transfer for this asset: send more at once.",
+    ERR_USER_NOT_FOUND: "The recipient has never opened @CryptoBot: ask them to start @CryptoBot, then retry.",
+    ERR_TRANSFERS_DISABLED: _ENABLE_TRANSFERS,
+    "TRANSFERS_DISABLED": _ENABLE_TRANSFERS,
+}
+TRANSFER_REFUSALS = frozenset(TRANSFER_ERRORS) - {ERR_SPEND_ID_USED}
 
 
 class CryptoPayError(Exception):
@@ -37,6 +75,23 @@ class CryptoPayError(Exception):
     @property
     def is_auth_error(self) -> bool:
         return self.status == 401 or self.name in ("UNAUTHORIZED", "INVALID_TOKEN", "EXPIRED_TOKEN")
+
+    @property
+    def is_duplicate_spend(self) -> bool:
+        """The spend_id was used before: that transfer was already made, do not make it again."""
+        return self.name == ERR_SPEND_ID_USED
+
+    @property
+    def is_refused(self) -> bool:
+        """A definitive refusal of a transfer (funds, minimum, recipient, transfers disabled):
+        retrying the same request will not help until the owner acts. False for outages
+        (NETWORK_ERROR, BAD_RESPONSE, 5xx, 429) and for unknown error names."""
+        return self.name in TRANSFER_REFUSALS
+
+    @property
+    def advice(self) -> str | None:
+        """What the owner should do about a transfer error, if it is one we know."""
+        return TRANSFER_ERRORS.get(self.name)
 
 
 def signature(token: str, body: bytes) -> str:
@@ -127,6 +182,67 @@ class InvoiceBatch:
 
     found: list[Invoice]
     unreadable: list[UnreadableInvoice]
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """A Crypto Pay Transfer object (the result of `transfer`)."""
+
+    transfer_id: int
+    spend_id: str
+    user_id: int
+    asset: str
+    amount: Decimal
+    status: str  # "completed"
+    completed_at: str | None  # ISO 8601
+    comment: str | None = None
+
+
+def _decimal(raw: Any, field: str) -> Decimal:
+    if isinstance(raw, bool) or not isinstance(raw, (str, int)):
+        raise ValueError(f"{field} is not a decimal string")
+    try:
+        value = Decimal(raw)
+    except InvalidOperation:
+        raise ValueError(f"{field} is not a decimal string") from None
+    if not value.is_finite():
+        raise ValueError(f"{field} is not finite")
+    return value
+
+
+def parse_transfer(obj: Any) -> Transfer:
+    """Validate a Transfer object; ValueError if malformed."""
+    if not isinstance(obj, dict):
+        raise ValueError("transfer is not an object")
+    transfer_id = obj.get("transfer_id")
+    if not isinstance(transfer_id, int) or isinstance(transfer_id, bool) or transfer_id <= 0:
+        raise ValueError("transfer_id is not a positive integer")
+    spend_id = obj.get("spend_id")
+    if not isinstance(spend_id, str) or not spend_id:
+        raise ValueError("spend_id is not a string")
+    user_id = obj.get("user_id")
+    if isinstance(user_id, str) and user_id.isdigit():
+        user_id = int(user_id)
+    if not isinstance(user_id, int) or isinstance(user_id, bool):
+        raise ValueError("user_id is not an integer")
+    asset = obj.get("asset")
+    if not isinstance(asset, str) or not asset:
+        raise ValueError("asset is not a string")
+    status = obj.get("status")
+    if not isinstance(status, str) or not status:
+        raise ValueError("status is not a string")
+    completed_at = obj.get("completed_at")
+    comment = obj.get("comment")
+    return Transfer(
+        transfer_id=transfer_id,
+        spend_id=spend_id,
+        user_id=user_id,
+        asset=asset,
+        amount=_decimal(obj.get("amount"), "amount"),
+        status=status,
+        completed_at=completed_at if isinstance(completed_at, str) else None,
+        comment=comment if isinstance(comment, str) else None,
+    )
 
 
 def item_invoice_id(item: Any) -> int | None:
@@ -244,3 +360,41 @@ class CryptoPay:
     def get_invoices(self, invoice_ids: list[int]) -> list[Invoice]:
         """The invoices with these ids that could be read (see fetch_invoices for the others)."""
         return self.fetch_invoices(invoice_ids).found
+
+    def get_balance(self) -> dict[str, Decimal]:
+        """The app's available balance per currency code (getBalance); on-hold amounts are left out."""
+        result = self.call("getBalance")
+        if not isinstance(result, list):
+            raise CryptoPayError("getBalance", "BAD_RESPONSE", 200, "not a list")
+        balances: dict[str, Decimal] = {}
+        for item in result:
+            code = item.get("currency_code") if isinstance(item, dict) else None
+            if not isinstance(code, str) or not code:
+                raise CryptoPayError("getBalance", "BAD_RESPONSE", 200, "an item names no currency_code")
+            try:
+                balances[code] = _decimal(item.get("available"), "available")
+            except ValueError as exc:
+                raise CryptoPayError("getBalance", "BAD_RESPONSE", 200, f"{code}: {exc}") from None
+        return balances
+
+    def transfer(self, user_id: int, asset: str, amount: Decimal, spend_id: str, comment: str | None = None,
+                 disable_send_notification: bool | None = None) -> Transfer:
+        """Send `amount` of `asset` from the app's balance to a Telegram user (transfer).
+
+        `spend_id` makes the call idempotent: Crypto Pay accepts a spend_id once, so a retry
+        after a timeout or a BAD_RESPONSE must reuse it, and then CryptoPayError.is_duplicate_spend
+        means the first call went through. `is_refused` errors are definitive (see TRANSFER_ERRORS).
+        """
+        if not spend_id or len(spend_id) > MAX_SPEND_ID:
+            raise ValueError(f"spend_id must be 1 to {MAX_SPEND_ID} characters")
+        if not amount.is_finite() or amount <= 0:
+            raise ValueError("amount must be positive")
+        result = self.call(
+            "transfer", user_id=user_id, asset=asset, amount=format(amount, "f"), spend_id=spend_id,
+            comment=comment[:MAX_TRANSFER_COMMENT] if comment else None,
+            disable_send_notification=disable_send_notification,
+        )
+        try:
+            return parse_transfer(result)
+        except ValueError as exc:
+            raise CryptoPayError("transfer", "BAD_RESPONSE", 200, str(exc)) from None

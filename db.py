@@ -23,6 +23,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from config import STARS
 from cryptopay import Invoice
 from files import create_private_file, make_private_folders
 from kinds import Kind
@@ -48,6 +49,9 @@ GIFT_SHORT_ID = 8
 # What a GIFT_BOUGHT message carries until it is sent, and no longer (the database keeps no
 # usable link once the buyer has it).
 GIFT_SECRET = "token"
+# How long after a Stars subscription's renewal date a member whose time ran out is kept,
+# waiting for the renewal's payment, before the removal.
+RENEWAL_WAIT = 86400
 # Public referral codes: 8 letters and digits, 47 bits (t.me/<bot>?start=r-<ref>).
 REF_LENGTH = 8
 _ALPHANUMERIC = string.ascii_letters + string.digits
@@ -199,7 +203,7 @@ class Database:
                  AND duration = ? AND amount = ? AND currency = ? AND currency_type = ?
                  AND accepted_assets IS ? AND code_id IS ? AND gift = ? AND expires_at > ?
                ORDER BY expires_at DESC LIMIT 1""",
-            (user_id, plan_id, duration, str(amount), currency, "fiat" if fiat else "crypto",
+            (user_id, plan_id, duration, str(amount), currency, _currency_type(currency, fiat),
              _assets_column(fiat, accepted_assets), code_id, int(gift), valid_after),
         ).fetchone()
 
@@ -227,7 +231,7 @@ class Database:
                                          code_id, full_amount, gift)
                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'creating', ?, ?, ?, ?, ?)""",
                 (payment_uuid, user_id, plan_id, duration, str(amount), currency,
-                 "fiat" if fiat else "crypto", _assets_column(fiat, accepted_assets), now, now + ttl,
+                 _currency_type(currency, fiat), _assets_column(fiat, accepted_assets), now, now + ttl,
                  code_id, None if full_amount is None else str(full_amount), int(gift)),
             )
             if code_id is not None:
@@ -347,7 +351,6 @@ class Database:
             if cause == "webhook":
                 tx.execute("UPDATE invoices SET webhook_at = ? WHERE id = ?", (now, row["id"]))
             return ApplyResult(Outcome.DUPLICATE, user_id=row["user_id"])
-        user_id = row["user_id"]
         asked = (row["currency_type"], row["currency"], Decimal(row["invoice_amount"] or row["amount"]))
         got = (paid.currency_type, paid.currency, paid.amount)
         payload_ok = paid.payload is None or paid.payload == row["payment_uuid"]
@@ -364,29 +367,49 @@ class Database:
             "paid_asset": paid.paid_asset, "paid_amount": paid.paid_amount,
         }
         if outcome == "mismatch":
-            _audit(tx, now, user_id, "payment_mismatch", cause, paid.invoice_id, detail)
-            for admin_id in sorted(admin_ids):
-                enqueue(tx, Kind.ADMIN_MISMATCH, admin_id, {**detail, "user_id": user_id,
-                        "invoice_id": paid.invoice_id}, now, PRIORITY_NORMAL,
-                        dedupe_key=f"mismatch:{row['payment_uuid']}:{admin_id}")
-            enqueue(tx, Kind.PAYMENT_MISMATCH, user_id, detail, now, PRIORITY_NOW,
-                    dedupe_key=f"mismatch:{row['payment_uuid']}")
-            return ApplyResult(Outcome.MISMATCH, user_id=user_id)
-        if row["code_id"] is not None:
-            _record_code_use(tx, row, now, cause, paid.invoice_id)
-        if row["gift"]:
-            short_id = _make_bought_gift(tx, row, now, cause, paid.invoice_id, detail)
-            return ApplyResult(Outcome.APPLIED, user_id=user_id, gift=short_id)
-        new_expiry = extend_subscription(tx, user_id, row["duration"], now)
-        _audit(tx, now, user_id, "payment_applied", cause, paid.invoice_id,
-               {**detail, "expires_at": new_expiry})
-        if referral_bonus:
-            _referral_bonus(tx, row, now, cause, paid.invoice_id, referral_bonus)
-        # No dedupe key: the invoice's step to paid above already happens once.
-        enqueue(tx, Kind.ACTIVATED, user_id,
-                {"payment_uuid": row["payment_uuid"], "plan": row["plan_id"], "expires_at": new_expiry},
-                now, PRIORITY_NOW)
-        return ApplyResult(Outcome.APPLIED, user_id=user_id, expires_at=new_expiry)
+            return _mismatch(tx, row, now, cause, paid.invoice_id, detail, admin_ids, paid.invoice_id)
+        return _paid(tx, row, now, cause, paid.invoice_id, detail, referral_bonus)
+
+    def apply_star_payment(self, paid: StarPayment, cause: str, now: int, admin_ids: frozenset[int],
+                           referral_bonus: int | None = None) -> ApplyResult:
+        """Apply a Telegram Stars payment exactly once, by its charge id, in the transaction a
+        Crypto Pay payment gets (the time or gift link, audit, messages, referral bonus). The
+        first payment steps its invoice to paid; a renewal (its invoice is paid already) gets a
+        row of its own. A subscription's next charge date is recorded."""
+        with self.transaction() as tx:
+            if tx.execute("SELECT 1 FROM invoices WHERE charge_id = ?", (paid.charge_id,)).fetchone():
+                return ApplyResult(Outcome.DUPLICATE, user_id=paid.user_id)
+            row = tx.execute("SELECT * FROM invoices WHERE payment_uuid = ? AND currency_type = 'stars'",
+                             (paid.payload,)).fetchone()
+            if row is None:
+                return ApplyResult(Outcome.NOT_OURS, user_id=paid.user_id)
+            ok = paid.currency == STARS and Decimal(paid.amount) == Decimal(row["amount"])
+            status = "paid" if ok else "mismatch"
+            subscription = _star_subscription_of(tx, paid)
+            if row["status"] == "pending" and row["user_id"] == paid.user_id:
+                tx.execute("UPDATE invoices SET status = ?, charge_id = ?, paid_at = ?, paid_asset = ?, "
+                           "paid_amount = ?, applied_by = ? WHERE id = ?",
+                           (status, paid.charge_id, now, paid.currency, str(paid.amount), cause, row["id"]))
+            else:  # a renewal, or (against pre-checkout's answer) an invoice paid by someone else
+                first = None if subscription is None else tx.execute(
+                    "SELECT id FROM invoices WHERE charge_id = ?", (subscription["charge_id"],)).fetchone()
+                tx.execute(
+                    """INSERT INTO invoices (payment_uuid, user_id, plan_id, duration, amount, currency, currency_type,
+                                             status, created_at, expires_at, paid_at, paid_asset, paid_amount,
+                                             applied_by, charge_id, renewal_of, gift)
+                       VALUES (?, ?, ?, ?, ?, ?, 'stars', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                    (str(uuid.uuid4()), paid.user_id, row["plan_id"], row["duration"], row["amount"], row["currency"],
+                     status, now, now, now, paid.currency, str(paid.amount), cause, paid.charge_id,
+                     None if first is None else first["id"], row["gift"]))
+            row = tx.execute("SELECT * FROM invoices WHERE charge_id = ?", (paid.charge_id,)).fetchone()
+            detail = {"payment_uuid": row["payment_uuid"], "plan": row["plan_id"], "charge_id": paid.charge_id,
+                      "asked": f"{row['amount']} {row['currency']}", "paid": f"{paid.amount} {paid.currency}",
+                      "renewal": row["renewal_of"] is not None}
+            if not ok:
+                return _mismatch(tx, row, now, cause, None, detail, admin_ids, paid.charge_id)
+            if paid.renews_at is not None and not row["gift"]:
+                _note_star_subscription(tx, paid, subscription, row["plan_id"], now)
+            return _paid(tx, row, now, cause, None, detail, referral_bonus)
 
     def claim_trial(self, user_id: int, plan_id: str, duration: int, now: int) -> int | None:
         """Start a free plan, once per member ever; the new expiry, or None if already used."""
@@ -433,13 +456,17 @@ class Database:
         return queued
 
     def queue_expiries(self, now: int, grace: int, limit: int = 500) -> int:
-        """Queue the removal of members whose time (plus grace) ran out; once per expiry."""
+        """Queue the removal of members whose time (plus grace) ran out, once per expiry; not while
+        a Stars renewal is due (up to RENEWAL_WAIT after its date)."""
         with self.transaction() as tx:
             rows = tx.execute(
-                """SELECT user_id, expires_at FROM subscriptions
+                """SELECT user_id, expires_at FROM subscriptions s
                    WHERE removed_for IS NOT expires_at AND expires_at <= ?
+                     AND NOT EXISTS (SELECT 1 FROM star_subscriptions r WHERE r.user_id = s.user_id
+                                       AND r.canceled_at IS NULL AND r.renews_at > ?)
                    ORDER BY expires_at LIMIT ?""",
-                (now - grace, limit),
+                # A Stars subscription Telegram is about to renew waits for its payment a day.
+                (now - grace, now - RENEWAL_WAIT, limit),
             ).fetchall()
             for row in rows:
                 tx.execute("UPDATE subscriptions SET removed_for = expires_at WHERE user_id = ?", (row["user_id"],))
@@ -895,6 +922,102 @@ class Database:
                 """UPDATE outbox SET status = 'pending', next_attempt_at = ?, done_at = NULL, attempts = 0
                    WHERE chat_id = ? AND kind = 'gift_bought' AND status = 'failed'""", (now, user_id)).rowcount
 
+    # --- Telegram Stars ---
+
+    def star_subscription(self, user_id: int) -> sqlite3.Row | None:
+        """The member's latest Stars subscription (renewing or cancelled), if any."""
+        return self.connect().execute("SELECT * FROM star_subscriptions WHERE user_id = ? "
+                                      "ORDER BY renews_at DESC LIMIT 1", (user_id,)).fetchone()
+
+    def renewing_subscription(self, user_id: int, now: int) -> sqlite3.Row | None:
+        """The member's Stars subscription that Telegram will charge again (not cancelled, due from now)."""
+        return self.connect().execute(
+            "SELECT * FROM star_subscriptions WHERE user_id = ? AND canceled_at IS NULL AND renews_at >= ? "
+            "ORDER BY renews_at DESC LIMIT 1", (user_id, now)).fetchone()
+
+    def set_star_renewal(self, charge_id: str, canceled: bool, now: int, by: str) -> bool:
+        """Record that a Stars subscription was cancelled (or resumed); False if it already was."""
+        with self.transaction() as tx:
+            row = tx.execute(
+                "UPDATE star_subscriptions SET canceled_at = ?, updated_at = ? WHERE charge_id = ? "
+                "AND (canceled_at IS NULL) = ? RETURNING user_id",
+                (now if canceled else None, now, charge_id, int(canceled))).fetchone()
+            if row is None:
+                return False
+            _audit(tx, now, row["user_id"], "renewal_canceled" if canceled else "renewal_resumed", by,
+                   detail={"charge_id": charge_id})
+            return True
+
+    # --- refunds ---
+
+    def payment(self, ref: str) -> sqlite3.Row | None:
+        """A payment by what an admin types: its Crypto Pay invoice id, or its Stars charge id."""
+        ref = ref.strip()
+        conn = self.connect()
+        if re.fullmatch(r"[0-9]{1,18}", ref):
+            row = conn.execute("SELECT * FROM invoices WHERE invoice_id = ?", (int(ref),)).fetchone()
+            if row is not None:
+                return row
+        if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,128}", ref):
+            return None
+        return conn.execute("SELECT * FROM invoices WHERE charge_id = ?", (ref,)).fetchone()
+
+    def refund_of(self, invoice_row: int) -> sqlite3.Row | None:
+        return self.connect().execute("SELECT * FROM refunds WHERE invoice_row = ?", (invoice_row,)).fetchone()
+
+    def start_refund(self, invoice_row: int, method: str, asset: str, amount: Decimal, spend_id: str | None,
+                     by: str, now: int) -> sqlite3.Row:
+        """Claim a payment's refund before the money is asked to go back: a new one, or one refused
+        before, is now 'sending'; one 'sending' (a retry after a kill) or 'done' stays as it is.
+        The refund's row, as it now stands."""
+        with self.transaction() as tx:
+            changed = tx.execute(
+                """INSERT INTO refunds (invoice_row, status, method, asset, amount, spend_id, by, started_at)
+                   VALUES (?, 'sending', ?, ?, ?, ?, ?, ?)
+                   ON CONFLICT (invoice_row) DO UPDATE SET status = 'sending', error = NULL, by = excluded.by
+                   WHERE refunds.status = 'failed'""",
+                (invoice_row, method, asset, str(amount), spend_id, by, now)).rowcount
+            if changed:
+                user = tx.execute("SELECT user_id FROM invoices WHERE id = ?", (invoice_row,)).fetchone()
+                _audit(tx, now, user["user_id"], "refund_started", by,
+                       detail={"invoice_row": invoice_row, "method": method, "amount": f"{amount} {asset}"})
+            return tx.execute("SELECT * FROM refunds WHERE invoice_row = ?", (invoice_row,)).fetchone()
+
+    def refund_refused(self, invoice_row: int, error: str, now: int) -> None:
+        """Telegram or Crypto Pay refused the refund: nothing went back; it may be tried again."""
+        with self.transaction() as tx:
+            row = tx.execute("UPDATE refunds SET status = 'failed', error = ? WHERE invoice_row = ? "
+                             "AND status = 'sending' RETURNING by", (error[:500], invoice_row)).fetchone()
+            if row is not None:
+                user = tx.execute("SELECT user_id FROM invoices WHERE id = ?", (invoice_row,)).fetchone()
+                _audit(tx, now, user["user_id"], "refund_refused", row["by"],
+                       detail={"invoice_row": invoice_row, "error": error[:500]})
+
+    def finish_refund(self, invoice_row: int, now: int, transfer_id: int | None = None) -> int | None:
+        """The money went back: in one transaction, the refund is done, the payment marked
+        refunded, and the time it bought taken back (never more than is left; the member is
+        removed if nothing is), from the member, from whoever took a gift it bought, and a
+        referral bonus it earned from the referrer. The time taken from the member, or None
+        when the refund was finished before."""
+        with self.transaction() as tx:
+            refund = tx.execute("UPDATE refunds SET status = 'done', done_at = ?, transfer_id = ? "
+                                "WHERE invoice_row = ? AND status = 'sending' RETURNING *",
+                                (now, transfer_id, invoice_row)).fetchone()
+            if refund is None:
+                return None
+            row = tx.execute("UPDATE invoices SET status = 'refunded' WHERE id = ? RETURNING *",
+                             (invoice_row,)).fetchone()
+            taken, holder = _refund_time(tx, row, now)
+            tx.execute("UPDATE refunds SET time_taken = ? WHERE invoice_row = ?", (taken, invoice_row))
+            _audit(tx, now, row["user_id"], "refunded", refund["by"], row["invoice_id"], {
+                "payment_uuid": row["payment_uuid"], "charge_id": row["charge_id"], "method": refund["method"],
+                "amount": f"{refund['amount']} {refund['asset']}", "time_taken": taken, "from": holder,
+                "transfer_id": transfer_id})
+            enqueue(tx, Kind.REFUNDED, row["user_id"], {"amount": refund["amount"], "asset": refund["asset"],
+                    "time_taken": taken, "gift": bool(row["gift"])}, now, PRIORITY_NOW,
+                    dedupe_key=f"refunded:{invoice_row}")
+            return taken
+
     # --- referrals ---
 
     def member_ref(self, user_id: int) -> str:
@@ -1169,6 +1292,19 @@ class Outcome(Enum):
 
 
 @dataclass(frozen=True)
+class StarPayment:
+    """A Telegram Stars payment, as successful_payment or getStarTransactions tells it."""
+
+    user_id: int
+    payload: str  # the invoice's payment_uuid
+    charge_id: str  # telegram_payment_charge_id: one per payment, renewals included
+    amount: int
+    currency: str = STARS
+    renews_at: int | None = None  # a subscription's next charge (subscription_expiration_date)
+    first_recurring: bool = False  # the first payment of a subscription
+
+
+@dataclass(frozen=True)
 class ApplyResult:
     outcome: Outcome
     user_id: int | None = None
@@ -1303,6 +1439,95 @@ def _referral_bonus(tx: sqlite3.Connection, row: sqlite3.Row, now: int, cause: s
             now, PRIORITY_NORMAL)
 
 
+def _mismatch(tx: sqlite3.Connection, row: sqlite3.Row, now: int, cause: str, invoice_id: int | None,
+              detail: dict[str, Any], admin_ids: frozenset[int], payment_ref: int | str) -> ApplyResult:
+    """A payment that does not match its invoice: no access; the admins and the member are told, once."""
+    user_id = row["user_id"]
+    _audit(tx, now, user_id, "payment_mismatch", cause, invoice_id, detail)
+    for admin_id in sorted(admin_ids):
+        enqueue(tx, Kind.ADMIN_MISMATCH, admin_id, {**detail, "user_id": user_id, "invoice_id": payment_ref}, now,
+                PRIORITY_NORMAL, dedupe_key=f"mismatch:{row['payment_uuid']}:{admin_id}")
+    enqueue(tx, Kind.PAYMENT_MISMATCH, user_id, detail, now, PRIORITY_NOW, dedupe_key=f"mismatch:{row['payment_uuid']}")
+    return ApplyResult(Outcome.MISMATCH, user_id=user_id)
+
+
+def _paid(tx: sqlite3.Connection, row: sqlite3.Row, now: int, cause: str, invoice_id: int | None,
+          detail: dict[str, Any], referral_bonus: int | None) -> ApplyResult:
+    """What a payment that stepped to paid (once) gives, in its transaction: its code's use, then
+    the member's time (or, bought as a gift, its link), the audit record, the referrer's bonus and
+    the activation message."""
+    user_id = row["user_id"]
+    if row["code_id"] is not None:
+        _record_code_use(tx, row, now, cause, invoice_id)
+    if row["gift"]:
+        short_id = _make_bought_gift(tx, row, now, cause, invoice_id, detail)
+        return ApplyResult(Outcome.APPLIED, user_id=user_id, gift=short_id)
+    new_expiry = extend_subscription(tx, user_id, row["duration"], now)
+    _audit(tx, now, user_id, "payment_applied", cause, invoice_id, {**detail, "expires_at": new_expiry})
+    if referral_bonus:
+        _referral_bonus(tx, row, now, cause, invoice_id, referral_bonus)
+    # No dedupe key: the payment's step to paid happens once.
+    enqueue(tx, Kind.ACTIVATED, user_id,
+            {"payment_uuid": row["payment_uuid"], "plan": row["plan_id"], "expires_at": new_expiry}, now, PRIORITY_NOW)
+    return ApplyResult(Outcome.APPLIED, user_id=user_id, expires_at=new_expiry)
+
+
+def _star_subscription_of(tx: sqlite3.Connection, paid: StarPayment) -> sqlite3.Row | None:
+    """The member's Stars subscription this payment belongs to (its invoice payload), if any."""
+    return tx.execute("SELECT * FROM star_subscriptions WHERE user_id = ? AND payload = ? "
+                      "ORDER BY updated_at DESC LIMIT 1", (paid.user_id, paid.payload)).fetchone()
+
+
+def _note_star_subscription(tx: sqlite3.Connection, paid: StarPayment, subscription: sqlite3.Row | None,
+                            plan_id: str, now: int) -> None:
+    """A subscription payment: when Telegram charges next. Its first payment starts the record
+    (its charge id names the subscription); a renewal moves the date on, never back."""
+    if subscription is None or paid.first_recurring:
+        tx.execute("INSERT INTO star_subscriptions (charge_id, user_id, payload, plan_id, renews_at, updated_at) "
+                   "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (charge_id) DO NOTHING",
+                   (paid.charge_id, paid.user_id, paid.payload, plan_id, paid.renews_at, now))
+        return
+    tx.execute("UPDATE star_subscriptions SET renews_at = max(renews_at, ?), updated_at = ? WHERE charge_id = ?",
+               (paid.renews_at, now, subscription["charge_id"]))
+
+
+def _refund_time(tx: sqlite3.Connection, row: sqlite3.Row, now: int) -> tuple[int, int | None]:
+    """Take back what a refunded payment gave: (the time taken, from whom). A gift not yet taken
+    stops working; one taken loses its time from whoever took it. A referral bonus the payment
+    earned is taken back from the referrer as well."""
+    holder: int | None = row["user_id"]
+    if row["gift"]:
+        gift = tx.execute("UPDATE gifts SET ready = 0 WHERE invoice_row = ? RETURNING redeemed_by",
+                          (row["id"],)).fetchone()
+        holder = None if gift is None else gift["redeemed_by"]
+    taken = 0 if holder is None else take_back(tx, holder, row["duration"], now, "refund")
+    bonus = tx.execute("UPDATE referral_bonuses SET taken_back_at = ? WHERE invoice_row = ? AND taken_back_at IS NULL "
+                       "RETURNING referrer_id, duration", (now, row["id"])).fetchone()
+    if bonus is not None and bonus["duration"]:
+        back = take_back(tx, bonus["referrer_id"], bonus["duration"], now, "refund")
+        _audit(tx, now, bonus["referrer_id"], "referral_bonus_taken_back", "refund", row["invoice_id"],
+               {"referred": row["user_id"], "duration": bonus["duration"], "taken": back})
+    return taken, holder
+
+
+def take_back(tx: sqlite3.Connection, user_id: int, duration: int, now: int, why: str) -> int:
+    """Take up to `duration` off a member's time, never more than is left; with nothing left,
+    the member is removed now (no grace period). The time taken."""
+    sub = tx.execute("SELECT expires_at, revoked_at FROM subscriptions WHERE user_id = ?", (user_id,)).fetchone()
+    if sub is None or sub["revoked_at"] is not None or sub["expires_at"] <= now:
+        return 0
+    taken = min(duration, sub["expires_at"] - now)
+    if sub["expires_at"] - taken > now:
+        tx.execute("UPDATE subscriptions SET expires_at = ?, updated_at = ? WHERE user_id = ?",
+                   (sub["expires_at"] - taken, now, user_id))
+        return taken
+    tx.execute("UPDATE subscriptions SET expires_at = ?, removed_for = ?, updated_at = ? WHERE user_id = ?",
+               (now, now, now, user_id))
+    enqueue(tx, Kind.EXPIRE, user_id, {"expires_at": now, why: True}, now, PRIORITY_NOW,
+            dedupe_key=f"{why}:{user_id}:{now}")
+    return taken
+
+
 class CodeTaken(Exception):
     """A discount code's uses are all taken (paid, or held by invoices still payable), or a
     first-payment-only code is already held or spent by this member."""
@@ -1334,6 +1559,11 @@ def _reserve_code_use(tx: sqlite3.Connection, code_id: int, user_id: int, now: i
 def _expiry(tx: sqlite3.Connection, user_id: int) -> int | None:
     row = tx.execute("SELECT expires_at FROM subscriptions WHERE user_id = ?", (user_id,)).fetchone()
     return row[0] if row else None
+
+
+def _currency_type(currency: str, fiat: bool) -> str:
+    """invoices.currency_type: 'stars' for Telegram Stars, else Crypto Pay's 'fiat' or 'crypto'."""
+    return "stars" if currency == STARS else "fiat" if fiat else "crypto"
 
 
 def _assets_column(fiat: bool, accepted_assets: tuple[str, ...]) -> str | None:

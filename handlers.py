@@ -14,6 +14,7 @@ from telebot import TeleBot, types
 import admin
 import codes
 import gifts
+import stars
 import texts
 from access import check_rights, missing_rights
 from cryptopay import CryptoPayError
@@ -190,13 +191,29 @@ def on_status(app: App, message: types.Message) -> None:
     else:  # ended, or revoked (then the date is the revoke's)
         ended = app.db.subscription(message.from_user.id)["expires_at"]
         text = texts.t(lang, "status_expired", date=texts.format_date(ended, lang))
+    text, keyboard = _with_renewal(app, message.from_user.id, lang, text, now)
     bonus = app.config.referral_bonus
     if bonus is not None:
         count, earned = app.db.referral_earnings(message.from_user.id)
         text += "\n\n" + texts.t(lang, "referral_status", bonus=texts.duration_text(bonus, lang), count=count,
                                     earned=texts.duration_text(earned, lang) if earned else "0",
                                     link=referral_link(app.bot_username, app.db.member_ref(message.from_user.id)))
-    _reply(app, message.chat.id, text)
+    _reply(app, message.chat.id, text, reply_markup=keyboard)
+
+
+def _with_renewal(app: App, user_id: int, lang: str, text: str, now: int):
+    """/status with a Stars subscription: when it renews (or that it will not), and the button to
+    cancel or resume the renewal."""
+    subscription = app.db.star_subscription(user_id)
+    if subscription is None or subscription["renews_at"] <= now:
+        return text, None
+    canceled = subscription["canceled_at"] is not None
+    date = texts.format_date(subscription["renews_at"], lang)
+    keyboard = types.InlineKeyboardMarkup()
+    keyboard.add(types.InlineKeyboardButton(texts.t(lang, "renewal_resume_button" if canceled else
+                                                    "renewal_cancel_button"),
+                                            callback_data=RENEWAL_RESUME if canceled else RENEWAL_CANCEL))
+    return text + "\n" + texts.t(lang, "status_renewal_off" if canceled else "status_renews", date=date), keyboard
 
 
 def on_link(app: App, message: types.Message) -> None:
@@ -246,33 +263,77 @@ def on_plan(app: App, call: types.CallbackQuery) -> None:
     _answer(app, call)  # at once: creating the invoice may take a while
     title = plan_title(plan, lang)
     try:
-        purchase = buy(app, call.from_user.id, plan, title, gift)
-    except CryptoPayError:
+        purchase = (stars.buy if plan.is_stars else buy)(app, call.from_user.id, plan, title, gift)
+    except (CryptoPayError, stars.StarsUnavailable):
         _reply(app, call.from_user.id, texts.t(lang, "payments_unavailable"))
         return
-    if purchase.trial_refused:
-        _reply(app, call.from_user.id, texts.t(lang, "trial_used"))
+    refusal = _refusal(purchase)
+    if refusal is not None:
+        markup = plans_keyboard(app, lang, renew=False, user_id=call.from_user.id) if purchase.code_refused else None
+        _reply(app, call.from_user.id, texts.t(lang, refusal), reply_markup=markup)
         return
     if purchase.trial_expires_at is not None:
         return  # the sender brings "active until" and the way in
+    _send_invoice(app, call.from_user.id, lang, plan, title, purchase, gift)
+
+
+def _refusal(purchase) -> str | None:
+    """The text key of why nothing was made to pay, if so."""
+    if purchase.trial_refused:
+        return "trial_used"
     if purchase.code_refused:
-        _reply(app, call.from_user.id, texts.t(lang, "code_invalid"),
-               reply_markup=plans_keyboard(app, lang, renew=False, user_id=call.from_user.id))
-        return
+        return "code_invalid"
+    return "stars_renewing" if purchase.renewing else None
+
+
+def _send_invoice(app: App, user_id: int, lang: str, plan, title: str, purchase, gift: bool) -> None:
+    """The invoice as a message: its price, the button to pay, and for Crypto Pay the check button."""
     invoice = purchase.invoice
     price = texts.price(Decimal(invoice["amount"]), plan.currency)
     keyboard = types.InlineKeyboardMarkup()
     if invoice["pay_url"]:
         keyboard.add(types.InlineKeyboardButton(texts.t(lang, "pay_button", price=price), url=invoice["pay_url"]))
-    keyboard.add(types.InlineKeyboardButton(texts.t(lang, "check_button"),
-                                            callback_data=f"check:{invoice['payment_uuid']}"))
-    text = texts.t(lang, "invoice", title=title, price=price, date=texts.format_date(invoice["expires_at"], lang))
+    if plan.is_stars:
+        text = texts.t(lang, "invoice_stars_renews" if plan.renews and not gift else "invoice_stars",
+                       title=title, price=price)
+    else:
+        keyboard.add(types.InlineKeyboardButton(texts.t(lang, "check_button"),
+                                                callback_data=f"check:{invoice['payment_uuid']}"))
+        text = texts.t(lang, "invoice", title=title, price=price,
+                       date=texts.format_date(invoice["expires_at"], lang))
     if gift:
         text += "\n\n" + texts.t(lang, "invoice_gift")
     if purchase.code is not None:
         text += "\n\n" + texts.t(lang, "invoice_code", code=purchase.code["name"],
                                   old=texts.price(plan.amount, plan.currency))
-    _reply(app, call.from_user.id, text, reply_markup=keyboard)
+    _reply(app, user_id, text, reply_markup=keyboard)
+
+
+def on_pre_checkout(app: App, query: types.PreCheckoutQuery) -> None:
+    """Telegram asks, within 10 seconds, whether to take a Stars payment."""
+    lang = texts.language_for(query.from_user.language_code, app.config.default_language)
+    refusal = stars.checkout(app, query.from_user.id, query.invoice_payload, query.currency, query.total_amount)
+    app.bot.answer_pre_checkout_query(query.id, refusal is None,
+                                      error_message=None if refusal is None else texts.t(lang, refusal))
+    if refusal is not None:
+        log.info("pre-checkout of member %s refused: %s", query.from_user.id, refusal)
+
+
+def on_successful_payment(app: App, message: types.Message) -> None:
+    """A Stars payment (the first, or a renewal): applied once, by its charge id."""
+    _remember(app, message.from_user)
+    stars.apply(app, stars.from_successful_payment(message.from_user.id, message.successful_payment), "telegram")
+
+
+def on_renewal(app: App, call: types.CallbackQuery) -> None:
+    """The Cancel renewal / Resume renewal buttons under /status."""
+    lang = _remember(app, call.from_user)
+    answer = stars.set_renewal(app, call.from_user.id, call.data == RENEWAL_CANCEL)
+    if not _answer(app, call, texts.t(lang, answer)):
+        _reply(app, call.from_user.id, texts.t(lang, answer))
+
+
+RENEWAL_CANCEL, RENEWAL_RESUME = "renewal:cancel", "renewal:resume"
 
 
 def on_check(app: App, call: types.CallbackQuery) -> None:
@@ -523,6 +584,8 @@ def _guarded(app: App, handler):
 
 def register_handlers(bot: TeleBot, app: App) -> None:
     private = ["private"]
+    bot.register_message_handler(_guarded(app, on_successful_payment), content_types=["successful_payment"],
+                                 chat_types=private)
     bot.register_message_handler(_guarded(app, on_start), commands=["start"], chat_types=private)
     bot.register_message_handler(_guarded(app, on_status), commands=["status"], chat_types=private)
     bot.register_message_handler(_guarded(app, on_help), commands=["help"], chat_types=private)
@@ -540,6 +603,9 @@ def register_handlers(bot: TeleBot, app: App) -> None:
     bot.register_callback_query_handler(_guarded(app, on_plan),
                                         func=lambda c: (c.data or "").startswith(("plan:", "gift:")))
     bot.register_callback_query_handler(_guarded(app, on_gift_menu), func=lambda c: c.data == GIFT_MENU)
+    bot.register_callback_query_handler(_guarded(app, on_renewal),
+                                        func=lambda c: c.data in (RENEWAL_CANCEL, RENEWAL_RESUME))
+    bot.register_pre_checkout_query_handler(_guarded(app, on_pre_checkout), func=lambda q: True)
     bot.register_callback_query_handler(_guarded(app, on_check), func=lambda c: (c.data or "").startswith("check:"))
     bot.register_message_handler(_guarded(app, on_chat_migrated), content_types=["migrate_to_chat_id"],
                                  chat_types=["group"])

@@ -12,6 +12,7 @@ class Kind(StrEnum):
     GRANTED = "granted"  # time given: by an admin, a gift link or a referral bonus
     GIFT_BOUGHT = "gift_bought"  # a plan bought as a gift was paid: its link, to the buyer
     GIFT_REDEEMED = "gift_redeemed"  # to the buyer: the gift they bought was taken
+    REFUNDED = "refunded"  # a payment's money went back, and the time it bought
     WAY_IN = "way_in"  # the way in again (/start, /link, a removal undone)
     APPROVE = "approve"  # approve a join request of a member with time
     JOIN_PLANS = "join_plans"  # a join request without time: the plans

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from decimal import Decimal
 from typing import TYPE_CHECKING
 
 import texts
@@ -77,6 +78,22 @@ def gift_redeemed(ctx: Context, user_id: int, payload: dict) -> None:
     ctx.send(user_id, texts.t(lang, "gift_taken", gift=payload["gift"]))
 
 
+def refunded(ctx: Context, user_id: int, payload: dict) -> None:
+    """A payment's money went back, and the time it bought with it."""
+    lang = member_language(ctx.app, user_id)
+    price = texts.price(Decimal(payload["amount"]), payload["asset"])
+    expires_at = ctx.db.expires_at(user_id)
+    now = ctx.app.now()
+    if payload.get("gift"):
+        text = texts.t(lang, "refunded_gift", price=price)
+    elif expires_at and expires_at > now:
+        text = texts.t(lang, "refunded", price=price, date=texts.format_date(expires_at, lang),
+                       days_left=texts.days_left(expires_at, now, lang))
+    else:
+        text = texts.t(lang, "refunded_ended", price=price)
+    ctx.send(user_id, text)
+
+
 def way_in(ctx: Context, user_id: int, payload: dict) -> None:
     if _time_left(ctx, user_id, "way in") is not None:
         _send_way_in(ctx, user_id, member_language(ctx.app, user_id), None)
@@ -106,6 +123,9 @@ def reminder(ctx: Context, user_id: int, payload: dict) -> None:
     expires_at = ctx.db.expires_at(user_id)
     if expires_at != payload["expires_at"] or expires_at <= now:
         log.info("reminder to member %s dropped: renewed or ended meanwhile", user_id)
+        return
+    if ctx.db.renewing_subscription(user_id, now) is not None:
+        log.info("reminder to member %s dropped: their Stars subscription renews by itself", user_id)
         return
     lang = member_language(ctx.app, user_id)
     ctx.send(user_id, texts.t(lang, "reminder", date=texts.format_date(expires_at, lang),

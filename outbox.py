@@ -70,6 +70,7 @@ KINDS: dict[Kind, Handler] = {
     Kind.GRANTED: messages.granted,
     Kind.GIFT_BOUGHT: messages.gift_bought,
     Kind.GIFT_REDEEMED: messages.gift_redeemed,
+    Kind.REFUNDED: messages.refunded,
     Kind.WAY_IN: messages.way_in,
     Kind.APPROVE: access.approve,
     Kind.JOIN_PLANS: messages.join_plans,

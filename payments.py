@@ -36,6 +36,7 @@ class Purchase:
     trial_refused: bool = False
     code_refused: bool = False  # the member's code no longer works for this plan: nothing was made
     code: sqlite3.Row | None = None  # the code the invoice was made with
+    renewing: bool = False  # a Stars subscription of the member renews already: no second one
 
 
 def note_crypto_pay(app: App, error: CryptoPayError | None) -> None:

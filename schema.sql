@@ -304,3 +304,45 @@ CREATE TABLE referral_bonuses (
     taken_back_at INTEGER
 );
 CREATE INDEX referral_bonuses_referrer ON referral_bonuses(referrer_id);
+
+-- version: 9
+-- Telegram Stars. A Stars invoice is an invoices row too: currency 'XTR', currency_type
+-- 'stars', no Crypto Pay invoice_id, pay_url its invoice link, payment_uuid its payload. Each
+-- Stars payment, the first and every monthly renewal, has its own row, keyed by Telegram's
+-- charge id: applied once. A renewal's row names the row of the subscription's first payment.
+ALTER TABLE invoices ADD COLUMN charge_id TEXT;
+CREATE UNIQUE INDEX invoices_charge ON invoices(charge_id) WHERE charge_id IS NOT NULL;
+ALTER TABLE invoices ADD COLUMN renewal_of INTEGER REFERENCES invoices(id);
+
+-- A member's Stars subscription: a 30-day Stars plan renews every month until cancelled.
+-- charge_id: its first payment's, which names it to Telegram; payload: its invoice's, which
+-- every renewal carries; renews_at: when Telegram charges next (subscription_expiration_date).
+CREATE TABLE star_subscriptions (
+    charge_id   TEXT PRIMARY KEY,
+    user_id     INTEGER NOT NULL,
+    payload     TEXT    NOT NULL,
+    plan_id     TEXT    NOT NULL,
+    renews_at   INTEGER NOT NULL,
+    canceled_at INTEGER,              -- the member cancelled the renewal (our button)
+    updated_at  INTEGER NOT NULL
+);
+CREATE INDEX star_subscriptions_member ON star_subscriptions(user_id);
+
+-- Refunds, one per payment (the key), for both ways to pay. 'sending': asked of Telegram or
+-- Crypto Pay, the answer not recorded yet (a retry asks again: refundStarPayment refuses a
+-- second refund, and a transfer's spend_id is accepted once); 'failed': refused, may be
+-- tried again; 'done': the money went back and the time was taken back, in one transaction.
+CREATE TABLE refunds (
+    invoice_row INTEGER PRIMARY KEY REFERENCES invoices(id),
+    status      TEXT    NOT NULL CHECK (status IN ('sending', 'failed', 'done')),
+    method      TEXT    NOT NULL CHECK (method IN ('stars', 'transfer')),
+    asset       TEXT    NOT NULL,
+    amount      TEXT    NOT NULL,
+    spend_id    TEXT,
+    transfer_id INTEGER,
+    time_taken  INTEGER,
+    by          TEXT    NOT NULL,
+    started_at  INTEGER NOT NULL,
+    done_at     INTEGER,
+    error       TEXT
+);

@@ -28,7 +28,7 @@ from tg import LONG_POLL_SECONDS, Stopping, classify
 
 log = logging.getLogger("clubbot.updates")
 
-ALLOWED_UPDATES = ["message", "callback_query", "chat_join_request", "my_chat_member"]
+ALLOWED_UPDATES = ["message", "callback_query", "chat_join_request", "my_chat_member", "pre_checkout_query"]
 HANDLER_THREADS = 4
 # Updates of one member waiting to be handled; more are dropped (a flood, not a conversation).
 MAX_QUEUED_PER_MEMBER = 5
@@ -47,14 +47,15 @@ def member_of(update: dict) -> int | None:
 
 
 def droppable(update: dict, admin_ids: frozenset[int]) -> bool:
-    """What a flood may lose: a member's messages and button presses. Never a join request
+    """What a flood may lose: a member's messages and button presses. Never a payment or its
+    pre-checkout query, a join request
     (it would wait unanswered for good), a change of the bot's rights, a group's service
     message, or anything an admin sends."""
     if member_of(update) in admin_ids:
         return False
     message = update.get("message")
-    if isinstance(message, dict):
-        return (message.get("chat") or {}).get("type") == "private"
+    if isinstance(message, dict):  # a payment is never dropped
+        return (message.get("chat") or {}).get("type") == "private" and "successful_payment" not in message
     return "callback_query" in update
 
 

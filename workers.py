@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 
+import stars
 from access import check_rights
 from cryptopay import CryptoPayError
 from outbox import LONGEST_WAIT
@@ -27,6 +28,7 @@ class Sweeper:
 
     def __init__(self, app: App):
         self.app = app
+        self.stars_checked: float | None = None  # when missed Stars payments were last looked for
 
     def run(self) -> None:
         interval = self.app.config.sweep_interval
@@ -42,6 +44,19 @@ class Sweeper:
             except Exception:
                 log.exception("sweep failed")
         log.info("sweeper stopped")
+
+    def reconcile_stars(self, now: int) -> None:
+        """At start and every stars.RECONCILE_EVERY, when any plan is sold in Stars: payments
+        missed (the bot down for longer than Telegram keeps updates) caught up."""
+        if not any(plan.is_stars for plan in self.app.config.plans):
+            return
+        if self.stars_checked is not None and now - self.stars_checked < stars.RECONCILE_EVERY:
+            return
+        self.stars_checked = now
+        try:
+            stars.reconcile(self.app)
+        except Exception as exc:  # Telegram down: the next round asks again
+            log.warning("getStarTransactions failed: %s", exc)
 
     def sweep_once(self) -> dict[str, int]:
         now = self.app.now()
@@ -63,6 +78,7 @@ class Sweeper:
         db.forget_updates(now - UPDATES_KEPT)
         if self.app.bot is not None:
             check_rights(self.app, now)
+            self.reconcile_stars(now)
         return done
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import secrets
 import socket
 import threading
 import time
@@ -131,6 +132,36 @@ def chat_member(user_id: int, status: str) -> dict:
     return member
 
 
+STAR_METHODS = frozenset({"createInvoiceLink", "answerPreCheckoutQuery", "refundStarPayment",
+                          "editUserStarSubscription", "getStarTransactions"})
+_update_ids = itertools.count(1)
+
+
+def bad_request(description: str) -> tuple[int, dict]:
+    """A Bot API 400 with Telegram's "Bad Request: ..." description."""
+    return 400, {"ok": False, "error_code": 400, "description": f"Bad Request: {description}"}
+
+
+def star_user(user_id: int) -> dict:
+    return {"id": int(user_id), "is_bot": False, "first_name": "U"}
+
+
+def successful_payment_message(user_id: int, payment: dict, message_id: int | None = None,
+                               date: int | None = None) -> dict:
+    """A private Message carrying `payment` (from FakeTelegram.star_payment or renew);
+    push it with telegram.push_update({"message": successful_payment_message(...)})."""
+    return {"message_id": next(_update_ids) if message_id is None else message_id,
+            "date": int(time.time()) if date is None else date,
+            "chat": {"id": int(user_id), "type": "private", "first_name": "U"},
+            "from": star_user(user_id), "successful_payment": payment}
+
+
+def pre_checkout_query(user_id: int, payload: str, amount: int, currency: str = "XTR") -> dict:
+    """A PreCheckoutQuery; push it with telegram.push_update({"pre_checkout_query": ...})."""
+    return {"id": str(next(_update_ids) * 1000 + secrets.randbelow(1000)), "from": star_user(user_id),
+            "currency": currency, "total_amount": int(amount), "invoice_payload": payload}
+
+
 class FakeTelegram(FakeServer):
     """The Bot API at {url}/bot{token}/{method}."""
 
@@ -155,6 +186,16 @@ class FakeTelegram(FakeServer):
         self.rate_limit: int | None = None  # calls allowed in any one second; beyond: 429
         self.too_many = 0
         self._window: list[float] = []
+        # Telegram Stars (see star_payment, renew and the Stars methods in answer)
+        self.now = lambda: int(time.time())  # the clock for payments and refunds; tests may replace it
+        self.invoice_links: dict[str, dict] = {}  # createInvoiceLink: link -> its params
+        self.pre_checkout_answers: list[dict] = []  # answerPreCheckoutQuery params
+        self.star_transactions: list[dict] = []  # StarTransaction JSON, incoming payments and refunds
+        # charge id -> {"user_id", "payload", "amount", "date", "subscription": its first charge id or None}
+        self.star_payments: dict[str, dict] = {}
+        self.refunded: set[str] = set()  # charge ids refunded
+        # first charge id -> {"user_id", "canceled", "payload", "amount", "period", "expires", "charges"}
+        self.star_subscriptions: dict[str, dict] = {}
         super().__init__()
 
     def push_update(self, update: dict) -> dict:
@@ -243,6 +284,8 @@ class FakeTelegram(FakeServer):
             result = chat_member(user_id, status)
             if user_id == 777 and status == "administrator":
                 result.update(self.bot_rights.get(chat_id, {}))
+        elif method in STAR_METHODS:
+            return self._stars(method, params)
         elif method == "createChatInviteLink":
             result = {"invite_link": f"https://t.me/+fake{next(self.link_ids)}",
                       "creator": {"id": 777, "is_bot": True, "first_name": "Club"},
@@ -264,6 +307,109 @@ class FakeTelegram(FakeServer):
                 return ready[: int(params.get("limit") or 100)]
             time.sleep(0.02)
 
+    # Telegram Stars ---------------------------------------------------------------
+
+    def _stars(self, method: str, params: dict) -> tuple[int, object]:
+        if method == "createInvoiceLink":
+            link = f"https://t.me/${secrets.token_urlsafe(12)}"
+            period = params.get("subscription_period")
+            with self.lock:
+                self.invoice_links[link] = {
+                    "title": params.get("title"), "description": params.get("description"),
+                    "payload": params.get("payload"), "currency": params.get("currency"),
+                    "prices": params.get("prices"),  # the JSON string sent: [{"label": .., "amount": ..}]
+                    "subscription_period": int(period) if period not in (None, "") else None,
+                }
+            return 200, {"ok": True, "result": link}
+        if method == "answerPreCheckoutQuery":
+            with self.lock:
+                self.pre_checkout_answers.append(params)
+            return 200, {"ok": True, "result": True}
+        if method == "refundStarPayment":
+            charge_id = str(params.get("telegram_payment_charge_id") or "")
+            with self.lock:
+                payment = self.star_payments.get(charge_id)
+                if payment is None or payment["user_id"] != int(params.get("user_id") or 0):
+                    return bad_request("CHARGE_NOT_FOUND")
+                if charge_id in self.refunded:
+                    return bad_request("CHARGE_ALREADY_REFUNDED")
+                self.refunded.add(charge_id)
+                self.star_transactions.append({
+                    "id": charge_id, "amount": payment["amount"], "date": self.now(),
+                    "receiver": {"type": "user", "transaction_type": "invoice_payment",
+                                 "user": star_user(payment["user_id"]), "invoice_payload": payment["payload"]},
+                })
+                if payment["subscription"] is not None:
+                    self.star_subscriptions[payment["subscription"]]["canceled"] = True
+            return 200, {"ok": True, "result": True}
+        if method == "editUserStarSubscription":
+            charge_id = str(params.get("telegram_payment_charge_id") or "")
+            with self.lock:
+                payment = self.star_payments.get(charge_id)
+                if (payment is None or payment["subscription"] is None
+                        or payment["user_id"] != int(params.get("user_id") or 0)):
+                    return bad_request("CHARGE_NOT_FOUND")
+                canceled = str(params.get("is_canceled")).lower() in ("true", "1")
+                self.star_subscriptions[payment["subscription"]]["canceled"] = canceled
+            return 200, {"ok": True, "result": True}
+        # getStarTransactions
+        offset = max(int(params.get("offset") or 0), 0)
+        limit = min(max(int(params.get("limit") or 100), 1), 100)
+        with self.lock:
+            ordered = sorted(self.star_transactions, key=lambda t: t["date"])  # stable: ties keep their order
+        return 200, {"ok": True, "result": {"transactions": ordered[offset:offset + limit]}}
+
+    def star_payment(self, user_id: int, payload: str, amount: int, subscription_period: int | None = None,
+                     recurring_of: str | None = None, date: int | None = None) -> dict:
+        """Record a successful Stars payment by this user; return its `successful_payment` JSON.
+
+        With `subscription_period` it starts a subscription (is_first_recurring); with
+        `recurring_of` (the first charge id of a subscription) it is that subscription's next
+        renewal, which `renew` makes for you. Wrap the result with successful_payment_message()
+        and push_update({"message": ...}) to deliver it to the bot.
+        """
+        charge_id = "stx" + secrets.token_urlsafe(24)
+        with self.lock:
+            date = self.now() if date is None else int(date)
+            payment = {"currency": "XTR", "total_amount": int(amount), "invoice_payload": payload,
+                       "telegram_payment_charge_id": charge_id, "provider_payment_charge_id": ""}
+            source = {"type": "user", "transaction_type": "invoice_payment", "user": star_user(user_id),
+                      "invoice_payload": payload}
+            subscription = None
+            if recurring_of is not None:
+                subscription = recurring_of
+                sub = self.star_subscriptions[recurring_of]
+                sub["expires"] += sub["period"]
+                sub["charges"].append(charge_id)
+                payment.update(subscription_expiration_date=sub["expires"], is_recurring=True,
+                               is_first_recurring=False)
+                source["subscription_period"] = sub["period"]
+            elif subscription_period is not None:
+                subscription = charge_id
+                self.star_subscriptions[charge_id] = {
+                    "user_id": int(user_id), "canceled": False, "payload": payload, "amount": int(amount),
+                    "period": int(subscription_period), "expires": date + int(subscription_period),
+                    "charges": [charge_id]}
+                payment.update(subscription_expiration_date=date + int(subscription_period), is_recurring=True,
+                               is_first_recurring=True)
+                source["subscription_period"] = int(subscription_period)
+            self.star_payments[charge_id] = {"user_id": int(user_id), "payload": payload, "amount": int(amount),
+                                             "date": date, "subscription": subscription}
+            self.star_transactions.append({"id": charge_id, "amount": int(amount), "date": date, "source": source})
+        return payment
+
+    def renew(self, first_charge_id: str, date: int | None = None) -> dict | None:
+        """The next renewal payment of the subscription that `first_charge_id` started (same payload
+        and price, a new charge id, expiration one period on), dated at its current expiration
+        unless `date` is given. Returns None, and charges nothing, if it was canceled or refunded."""
+        with self.lock:
+            sub = self.star_subscriptions[first_charge_id]
+            if sub["canceled"]:
+                return None
+            user_id, payload, amount, expires = sub["user_id"], sub["payload"], sub["amount"], sub["expires"]
+        return self.star_payment(user_id, payload, amount, recurring_of=first_charge_id,
+                                 date=expires if date is None else date)
+
     def messages_to(self, chat_id: int) -> list[dict]:
         """Messages delivered to this chat: the params of each successful sendMessage."""
         with self.lock:
@@ -277,6 +423,12 @@ class FakeCryptoPay(FakeServer):
         self.token = token
         self.invoices: dict[int, dict] = {}
         self.invoice_ids = itertools.count(1001)
+        self.balances: dict[str, Decimal] = {"USDT": Decimal("1000"), "TON": Decimal("1000"), "BTC": Decimal("1")}
+        self.transfers_enabled = True
+        self.transfers: dict[str, dict] = {}  # spend_id -> the Transfer JSON returned
+        self.transfer_ids = itertools.count(5001)
+        self.known_users: set[int] | None = None  # when a set: other recipients get USER_NOT_FOUND
+        self.min_transfer: dict[str, Decimal] = {}  # asset -> minimum; below it: AMOUNT_TOO_SMALL
         super().__init__()
 
     @property
@@ -317,7 +469,46 @@ class FakeCryptoPay(FakeServer):
             with self.lock:
                 items = [dict(self.invoices[i]) for i in ids if i in self.invoices][:count]
             return 200, {"ok": True, "result": {"items": items}}
+        if method == "getBalance":
+            with self.lock:
+                result = [{"currency_code": code, "available": format(value, "f"), "onhold": "0"}
+                          for code, value in self.balances.items()]
+            return 200, {"ok": True, "result": result}
+        if method == "transfer":
+            return self._transfer(params)
         return 400, {"ok": False, "error": {"code": 400, "name": "METHOD_NOT_FOUND"}}
+
+    @staticmethod
+    def error(name: str, code: int = 400) -> tuple[int, dict]:
+        return code, {"ok": False, "error": {"code": code, "name": name}}
+
+    def _transfer(self, params: dict) -> tuple[int, object]:
+        """Checks, in order: transfers disabled (METHOD_DISABLED, a guess: see cryptopay.py),
+        a spend_id seen before (SPEND_ID_ALREADY_USED, nothing moves), an unknown recipient,
+        an amount under the minimum, then the balance (INSUFFICIENT_FUNDS)."""
+        spend_id = str(params.get("spend_id") or "")
+        asset = str(params.get("asset") or "")
+        user_id = int(params.get("user_id") or 0)
+        amount = Decimal(str(params.get("amount")))
+        with self.lock:
+            if not self.transfers_enabled:
+                return self.error("METHOD_DISABLED")
+            if spend_id in self.transfers:
+                return self.error("SPEND_ID_ALREADY_USED")
+            if self.known_users is not None and user_id not in self.known_users:
+                return self.error("USER_NOT_FOUND")
+            if amount < self.min_transfer.get(asset, Decimal(0)):
+                return self.error("AMOUNT_TOO_SMALL")
+            if amount > self.balances.get(asset, Decimal(0)):
+                return self.error("INSUFFICIENT_FUNDS")
+            self.balances[asset] -= amount
+            transfer = {"transfer_id": next(self.transfer_ids), "spend_id": spend_id, "user_id": user_id,
+                        "asset": asset, "amount": format(amount, "f"), "status": "completed",
+                        "completed_at": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())}
+            if params.get("comment"):
+                transfer["comment"] = params["comment"]
+            self.transfers[spend_id] = transfer
+            return 200, {"ok": True, "result": dict(transfer)}
 
     def pay(self, invoice_id: int, amount: str | None = None, asset: str | None = None) -> dict:
         """Mark an invoice paid (optionally with another amount or asset); return it."""
