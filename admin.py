@@ -170,8 +170,8 @@ def user_text(db: Database, ref: str, now: int, lang: str) -> str:
     expires_at = db.expires_at(user_id)
     status = (texts.t(lang, "admin_user_active", date=texts.format_date(expires_at, lang))
               if expires_at and expires_at > now else texts.t(lang, "admin_user_inactive"))
-    invoices = [f"{_day(row['created_at'])} {row['plan_id']} {row['amount']} {row['currency']}: {row['status']}"
-                + (f" ({row['applied_by']})" if row["applied_by"] else "")
+    invoices = [f"{_day(row['created_at'])} {payment_ref(row)}{row['plan_id']} {row['amount']} {row['currency']}: "
+                f"{row['status']}" + (f" ({row['applied_by']})" if row["applied_by"] else "")
                 for row in db.member_invoices(user_id)]
     history = [f"{_day(row['at'])} {row['action']} ({row['cause']})" for row in db.member_audit(user_id)]
     none = texts.t(lang, "admin_none")
@@ -180,10 +180,17 @@ def user_text(db: Database, ref: str, now: int, lang: str) -> str:
                    invoices="\n".join(invoices) or none, history="\n".join(history) or none)
 
 
+def payment_ref(row) -> str:
+    """What names a payment to /refund, with a space after it: its Crypto Pay invoice id, or
+    its Stars charge id ("" while it has neither)."""
+    ref = row["invoice_id"] if row["invoice_id"] is not None else row["charge_id"]
+    return "" if ref is None else f"#{ref} "
+
+
 EXPORT_COLUMNS = ["user_id", "username", "first_name", "language", "member_since", "expires_at",
                   "invoice_id", "plan", "amount", "currency", "invoice_status", "invoice_created_at",
                   "paid_at", "paid_asset", "paid_amount", "applied_by", "code", "full_amount", "gift_link",
-                  "referred_by"]
+                  "referred_by", "charge_id"]
 # The columns every export has begun with since the first: how an earlier export is known.
 FIRST_COLUMNS = EXPORT_COLUMNS[:EXPORT_COLUMNS.index("applied_by") + 1]
 
@@ -208,7 +215,7 @@ def write_csv(db: Database, stream: TextIO, progress: Callable[[int], None] | No
             row["amount"] or "", row["currency"] or "", row["invoice_status"] or "",
             _iso(row["invoice_created_at"]), _iso(row["paid_at"]), row["paid_asset"] or "",
             row["paid_amount"] or "", row["applied_by"] or "", row["code"] or "", row["full_amount"] or "",
-            row["gift_link"] or "", row["referred_by"] or "",
+            row["gift_link"] or "", row["referred_by"] or "", row["charge_id"] or "",
         )])
         count += 1
         if progress and count % 10_000 == 0:

@@ -393,6 +393,36 @@ def cmd_gift(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_refund(config: Config, args: argparse.Namespace) -> int:
+    """refund PAYMENT [--yes]: the same refund as the admins' /refund, asked on the terminal."""
+    import admin
+    import refunds
+    from tg import RateLimiter, make_bot
+
+    app = _open(config)
+    try:
+        row = refunds.find(app, args.payment)
+    except admin.AdminError as error:
+        raise CommandError(error.text("en").replace("/user", "/user in Telegram")) from None
+    ask = refunds.question(app, row, "en")
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise CommandError(f"{ask}\nNo terminal to confirm on: nothing was refunded; add --yes to refund "
+                               f"without asking")
+        if input(f"{ask} [y/N] ").strip().lower() not in ("y", "yes"):
+            print("Cancelled: nothing was refunded.")
+            return 1
+    if app.bot is None:
+        app.bot = make_bot(config.bot_token, config.telegram_api_url)
+        app.limiter = RateLimiter(config.telegram_rate)
+    result = refunds.run(app, row, "cli")
+    text = refunds.result_text(app, result, "en")
+    if result.status != "done":
+        raise CommandError(text)
+    print(text.replace("The member is told.", "The member is told by the running bot."))
+    return 0
+
+
 def cmd_export(config: Config, args: argparse.Namespace) -> int:
     import admin
 
@@ -524,6 +554,10 @@ COMMANDS: dict[str, Command] = {
     "referrals": Command(cmd_referrals, "the top referrers: members referred, of them paid, time earned",
                          (("--top", {"metavar": "N", "type": _count(1, 1000), "default": 20,
                                      "help": "how many to show, 1 to 1000 (default: 20)"}),)),
+    "refund": Command(cmd_refund, "refund a paid payment and take back the time it bought: refund PAYMENT "
+                                  "(its Crypto Pay invoice id or Stars charge id) [--yes]",
+                      (("payment", {"help": "the Crypto Pay invoice id, or the Stars charge id"}),
+                       ("--yes", {"action": "store_true", "help": "refund without asking"}))),
     "export": Command(cmd_export, "members and payments as CSV, to FILE or stdout",
                       (("file", {"nargs": "?", "help": "CSV file to write (default: stdout)"}),)),
     "backup": Command(cmd_backup, "a consistent copy of the database, safe while the bot runs",

@@ -137,14 +137,24 @@ class Database:
         create_private_file(self.path)
         conn = self.connect()
         conn.execute("PRAGMA journal_mode = WAL")
-        for version, sql in load_migrations(SCHEMA_PATH.read_text(encoding="utf-8")):
-            with self.transaction() as tx:
-                current = tx.execute("PRAGMA user_version").fetchone()[0]
-                if current >= version:
-                    continue
-                for statement in _statements(sql):
-                    tx.execute(statement)
-                tx.execute(f"PRAGMA user_version = {version}")
+        # Off while migrating (it cannot change inside a transaction): a migration may rebuild
+        # a table that others refer to, sqlite's own way; each is checked before it commits.
+        conn.execute("PRAGMA foreign_keys = OFF")
+        try:
+            for version, sql in load_migrations(SCHEMA_PATH.read_text(encoding="utf-8")):
+                with self.transaction() as tx:
+                    current = tx.execute("PRAGMA user_version").fetchone()[0]
+                    if current >= version:
+                        continue
+                    for statement in _statements(sql):
+                        tx.execute(statement)
+                    broken = tx.execute("PRAGMA foreign_key_check").fetchall()
+                    if broken:
+                        raise RuntimeError(f"schema version {version}: {len(broken)} rows would name rows "
+                                           f"that do not exist (first: {tuple(broken[0])}); nothing was changed")
+                    tx.execute(f"PRAGMA user_version = {version}")
+        finally:
+            conn.execute("PRAGMA foreign_keys = ON")
         return conn.execute("PRAGMA user_version").fetchone()[0]
 
     # --- members ---
@@ -407,9 +417,13 @@ class Database:
                       "renewal": row["renewal_of"] is not None}
             if not ok:
                 return _mismatch(tx, row, now, cause, None, detail, admin_ids, paid.charge_id)
+            start = None
             if paid.renews_at is not None and not row["gift"]:
                 _note_star_subscription(tx, paid, subscription, row["plan_id"], now)
-            return _paid(tx, row, now, cause, None, detail, referral_bonus)
+                # The period paid for began when Telegram charged (one period before the next
+                # charge): a renewal caught up days later still ends when Telegram's does.
+                start = min(now, paid.renews_at - row["duration"])
+            return _paid(tx, row, now, cause, None, detail, referral_bonus, start)
 
     def claim_trial(self, user_id: int, plan_id: str, duration: int, now: int) -> int | None:
         """Start a free plan, once per member ever; the new expiry, or None if already used."""
@@ -761,7 +775,7 @@ class Database:
             """SELECT m.user_id, m.username, m.first_name, m.language, m.created_at, s.expires_at,
                       i.invoice_id, i.plan_id, i.amount, i.currency, i.status AS invoice_status,
                       i.created_at AS invoice_created_at, i.paid_at, i.paid_asset, i.paid_amount, i.applied_by,
-                      c.name AS code, i.full_amount, g.short_id AS gift_link, m.referred_by
+                      c.name AS code, i.full_amount, g.short_id AS gift_link, m.referred_by, i.charge_id
                FROM members m
                LEFT JOIN subscriptions s ON s.user_id = m.user_id
                LEFT JOIN invoices i ON i.user_id = m.user_id AND i.status != 'creating'
@@ -961,6 +975,22 @@ class Database:
         if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,128}", ref):
             return None
         return conn.execute("SELECT * FROM invoices WHERE charge_id = ?", (ref,)).fetchone()
+
+    def bought_gift(self, invoice_row: int) -> sqlite3.Row | None:
+        """The gift link a payment bought (with who redeemed it), if it bought one."""
+        return self.connect().execute("SELECT * FROM gifts WHERE invoice_row = ?", (invoice_row,)).fetchone()
+
+    def bonus_earned_by(self, invoice_row: int) -> sqlite3.Row | None:
+        """The referral bonus a payment earned, while it stands (given, not taken back)."""
+        return self.connect().execute(
+            "SELECT * FROM referral_bonuses WHERE invoice_row = ? AND taken_back_at IS NULL AND duration > 0",
+            (invoice_row,)).fetchone()
+
+    def subscription_of_payment(self, row: sqlite3.Row) -> sqlite3.Row | None:
+        """The Stars subscription a payment (its first, or a renewal) belongs to, if any."""
+        return self.connect().execute(
+            """SELECT s.* FROM star_subscriptions s JOIN invoices i ON i.charge_id = s.charge_id
+               WHERE i.id = ?""", (row["renewal_of"] if row["renewal_of"] is not None else row["id"],)).fetchone()
 
     def refund_of(self, invoice_row: int) -> sqlite3.Row | None:
         return self.connect().execute("SELECT * FROM refunds WHERE invoice_row = ?", (invoice_row,)).fetchone()
@@ -1341,17 +1371,19 @@ def claim_command(tx: sqlite3.Connection, key: str | None, now: int) -> bool:
                       (key, now)).rowcount == 1
 
 
-def extend_subscription(tx: sqlite3.Connection, user_id: int, duration: int, now: int) -> int:
-    """New expiry = max(now, current expiry) + duration: early renewal stacks, late starts now."""
+def extend_subscription(tx: sqlite3.Connection, user_id: int, duration: int, now: int,
+                        start: int | None = None) -> int:
+    """New expiry = max(start, current expiry) + duration: early renewal stacks, late starts at
+    `start` (now, unless the time paid for began earlier: a Stars renewal caught up late)."""
     return tx.execute(
-        """INSERT INTO subscriptions (user_id, expires_at, period_start, updated_at) VALUES (?1, ?2 + ?3, ?2, ?2)
+        """INSERT INTO subscriptions (user_id, expires_at, period_start, updated_at) VALUES (?1, ?4 + ?3, ?4, ?2)
            ON CONFLICT (user_id) DO UPDATE SET
-             period_start = CASE WHEN expires_at > ?2 AND revoked_at IS NULL THEN period_start ELSE ?2 END,
-             expires_at = CASE WHEN revoked_at IS NULL THEN max(expires_at, ?2) ELSE ?2 END + ?3,
+             period_start = CASE WHEN expires_at > ?4 AND revoked_at IS NULL THEN period_start ELSE ?4 END,
+             expires_at = CASE WHEN revoked_at IS NULL THEN max(expires_at, ?4) ELSE ?4 END + ?3,
              updated_at = ?2,
              revoked_at = NULL
            RETURNING expires_at""",
-        (user_id, now, duration),
+        (user_id, now, duration, now if start is None else start),
     ).fetchone()[0]
 
 
@@ -1452,7 +1484,7 @@ def _mismatch(tx: sqlite3.Connection, row: sqlite3.Row, now: int, cause: str, in
 
 
 def _paid(tx: sqlite3.Connection, row: sqlite3.Row, now: int, cause: str, invoice_id: int | None,
-          detail: dict[str, Any], referral_bonus: int | None) -> ApplyResult:
+          detail: dict[str, Any], referral_bonus: int | None, start: int | None = None) -> ApplyResult:
     """What a payment that stepped to paid (once) gives, in its transaction: its code's use, then
     the member's time (or, bought as a gift, its link), the audit record, the referrer's bonus and
     the activation message."""
@@ -1462,7 +1494,7 @@ def _paid(tx: sqlite3.Connection, row: sqlite3.Row, now: int, cause: str, invoic
     if row["gift"]:
         short_id = _make_bought_gift(tx, row, now, cause, invoice_id, detail)
         return ApplyResult(Outcome.APPLIED, user_id=user_id, gift=short_id)
-    new_expiry = extend_subscription(tx, user_id, row["duration"], now)
+    new_expiry = extend_subscription(tx, user_id, row["duration"], now, start)
     _audit(tx, now, user_id, "payment_applied", cause, invoice_id, {**detail, "expires_at": new_expiry})
     if referral_bonus:
         _referral_bonus(tx, row, now, cause, invoice_id, referral_bonus)

@@ -14,6 +14,7 @@ from telebot import TeleBot, types
 import admin
 import codes
 import gifts
+import refunds
 import stars
 import texts
 from access import check_rights, missing_rights
@@ -480,6 +481,18 @@ def _admin_referrals(request: AdminRequest) -> str:
     return admin.referrers_text(request.app.db, request.lang, request.app.config.referral_bonus)
 
 
+def _admin_refund(request: AdminRequest) -> None:
+    """/refund PAYMENT: what it will do, with the buttons to do it or not; nothing is sent yet."""
+    [ref] = request.exactly(1, "admin_usage_refund")
+    row = refunds.find(request.app, ref)
+    lang = request.lang
+    keyboard = types.InlineKeyboardMarkup()
+    keyboard.row(types.InlineKeyboardButton(texts.t(lang, "refund_button", price=refunds.refund_price(row)),
+                                            callback_data=refunds.BUTTON_PREFIX + row["payment_uuid"]),
+                 types.InlineKeyboardButton(texts.t(lang, "refund_cancel_button"), callback_data=refunds.CANCEL))
+    _reply(request.app, request.message.chat.id, refunds.question(request.app, row, lang), reply_markup=keyboard)
+
+
 # Command -> handler; a handler returns the reply, or None when it answered in its own way.
 # Registered from these keys: a command exists exactly when it has a handler.
 ADMIN_COMMANDS: dict[str, Callable[[AdminRequest], str | None]] = {
@@ -493,6 +506,7 @@ ADMIN_COMMANDS: dict[str, Callable[[AdminRequest], str | None]] = {
     "codes": _admin_codes,
     "gift": _admin_gift,
     "referrals": _admin_referrals,
+    "refund": _admin_refund,
 }
 
 
@@ -507,6 +521,39 @@ def on_admin(app: App, message: types.Message) -> None:
         text = error.text(lang)
     if text is not None:
         _reply(app, message.chat.id, text)
+
+
+def on_refund_button(app: App, call: types.CallbackQuery) -> None:
+    """The buttons under /refund's question: Refund (refund:<payment uuid>) or Cancel (refund:no).
+    Only an admin's press counts; pressed twice, or by two admins, it refunds once."""
+    lang = _remember(app, call.from_user)
+    if call.from_user.id not in app.config.admin_ids:
+        log.warning("refund button pressed by %s, not an admin; refused", call.from_user.id)
+        _answer(app, call, texts.t(lang, "refund_admins_only"))
+        return
+    _answer(app, call)  # at once: the refund may take a while
+    if call.data == refunds.CANCEL:
+        text = texts.t(lang, "refund_canceled")
+    else:
+        row = refunds.by_uuid(app, call.data.removeprefix(refunds.BUTTON_PREFIX))
+        if row is None:
+            text = texts.t(lang, "refund_unknown", payment="?")
+        else:
+            result = refunds.run(app, row, f"telegram:{call.from_user.id}")
+            text = refunds.result_text(app, result, lang)
+    _show_outcome(app, call, text)
+
+
+def _show_outcome(app: App, call: types.CallbackQuery, text: str) -> None:
+    """The question's message becomes the answer (its buttons gone); a new message if it cannot."""
+    if call.message is not None:
+        try:
+            app.limiter.acquire(app.stop, chat_id=call.message.chat.id)
+            app.bot.edit_message_text(text, call.message.chat.id, call.message.message_id)
+            return
+        except Exception as exc:
+            log.info("refund: the question could not be edited (%s); answered anew", exc)
+    _reply(app, call.from_user.id, text)
 
 
 def _send_export(app: App, chat_id: int, lang: str) -> None:
@@ -603,6 +650,8 @@ def register_handlers(bot: TeleBot, app: App) -> None:
     bot.register_callback_query_handler(_guarded(app, on_plan),
                                         func=lambda c: (c.data or "").startswith(("plan:", "gift:")))
     bot.register_callback_query_handler(_guarded(app, on_gift_menu), func=lambda c: c.data == GIFT_MENU)
+    bot.register_callback_query_handler(_guarded(app, on_refund_button),
+                                        func=lambda c: (c.data or "").startswith(refunds.BUTTON_PREFIX))
     bot.register_callback_query_handler(_guarded(app, on_renewal),
                                         func=lambda c: c.data in (RENEWAL_CANCEL, RENEWAL_RESUME))
     bot.register_pre_checkout_query_handler(_guarded(app, on_pre_checkout), func=lambda q: True)

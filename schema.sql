@@ -310,9 +310,51 @@ CREATE INDEX referral_bonuses_referrer ON referral_bonuses(referrer_id);
 -- 'stars', no Crypto Pay invoice_id, pay_url its invoice link, payment_uuid its payload. Each
 -- Stars payment, the first and every monthly renewal, has its own row, keyed by Telegram's
 -- charge id: applied once. A renewal's row names the row of the subscription's first payment.
-ALTER TABLE invoices ADD COLUMN charge_id TEXT;
+-- sqlite changes no CHECK in place, so the invoices table is rebuilt (migrate() runs with
+-- foreign keys off, and checks them before it commits): its CHECKs now allow 'stars' and the
+-- status 'refunded', and it gains charge_id and renewal_of; rows, ids and indexes as they were.
+CREATE TABLE invoices_v9 (
+    id            INTEGER PRIMARY KEY,
+    payment_uuid  TEXT    NOT NULL UNIQUE,
+    invoice_id    INTEGER UNIQUE,
+    user_id       INTEGER NOT NULL REFERENCES members(user_id),
+    plan_id       TEXT    NOT NULL,
+    duration      INTEGER NOT NULL,
+    amount        TEXT    NOT NULL,
+    currency      TEXT    NOT NULL,
+    currency_type TEXT    NOT NULL CHECK (currency_type IN ('crypto', 'fiat', 'stars')),
+    status        TEXT    NOT NULL CHECK (status IN ('creating', 'pending', 'paid', 'expired', 'mismatch', 'failed',
+                                                     'refunded')),
+    pay_url       TEXT,
+    created_at    INTEGER NOT NULL,
+    expires_at    INTEGER NOT NULL,
+    paid_at       INTEGER,
+    paid_asset    TEXT,
+    paid_amount   TEXT,
+    applied_by    TEXT,
+    invoice_amount TEXT,
+    webhook_at    INTEGER,
+    accepted_assets TEXT,
+    code_id       INTEGER REFERENCES codes(id),
+    full_amount   TEXT,
+    gift          INTEGER NOT NULL DEFAULT 0,
+    charge_id     TEXT,
+    renewal_of    INTEGER REFERENCES invoices(id)
+);
+INSERT INTO invoices_v9 (id, payment_uuid, invoice_id, user_id, plan_id, duration, amount, currency, currency_type,
+                          status, pay_url, created_at, expires_at, paid_at, paid_asset, paid_amount, applied_by,
+                          invoice_amount, webhook_at, accepted_assets, code_id, full_amount, gift, charge_id,
+                          renewal_of)
+    SELECT id, payment_uuid, invoice_id, user_id, plan_id, duration, amount, currency, currency_type,
+           status, pay_url, created_at, expires_at, paid_at, paid_asset, paid_amount, applied_by,
+           invoice_amount, webhook_at, accepted_assets, code_id, full_amount, gift, NULL, NULL
+    FROM invoices;
+DROP TABLE invoices;
+ALTER TABLE invoices_v9 RENAME TO invoices;
+CREATE INDEX invoices_pending ON invoices(id, invoice_id) WHERE status = 'pending';
+CREATE INDEX invoices_member ON invoices(user_id);
+CREATE INDEX invoices_paid ON invoices(paid_at, currency, amount) WHERE status = 'paid';
 CREATE UNIQUE INDEX invoices_charge ON invoices(charge_id) WHERE charge_id IS NOT NULL;
-ALTER TABLE invoices ADD COLUMN renewal_of INTEGER REFERENCES invoices(id);
 
 -- A member's Stars subscription: a 30-day Stars plan renews every month until cancelled.
 -- charge_id: its first payment's, which names it to Telegram; payload: its invoice's, which
