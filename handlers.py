@@ -233,6 +233,24 @@ def queue_way_in(app: App, user_id: int, now: int) -> None:
     app.db.enqueue(Kind.WAY_IN, user_id, {}, now, priority=PRIORITY_NOW, pending_key=f"way_in:{user_id}")
 
 
+def on_paysupport(app: App, message: types.Message) -> None:
+    """/paysupport, which Telegram asks every bot taking Stars to answer: the member is told the
+    admins will write, and the admins get who asks, with their latest payments' references."""
+    lang = _remember(app, message.from_user)
+    user = message.from_user
+    now = app.now()
+    payments = [admin.payment_ref(row).strip() for row in app.db.member_invoices(user.id, 5)
+                if row["status"] in ("paid", "refunded", "mismatch")]
+    text = (f"/paysupport from {admin.member_name(user.id, user.username)}: "
+            f"payments {', '.join(filter(None, payments)) or 'none'}. /user {user.id} shows them.")
+    for admin_id in sorted(app.config.admin_ids):
+        # One a member a minute, however often they ask: a flood must not flood the admins.
+        app.db.enqueue(Kind.TEXT, admin_id, {"text": text}, now, priority=PRIORITY_NOW,
+                       dedupe_key=f"paysupport:{user.id}:{now // 60}:{admin_id}")
+    app.wake_sender()
+    _reply(app, message.chat.id, texts.t(lang, "paysupport"))
+
+
 def on_help(app: App, message: types.Message) -> None:
     lang = _remember(app, message.from_user)
     _reply(app, message.chat.id, texts.t(lang, "help", club=club_name(app)))
@@ -636,6 +654,7 @@ def register_handlers(bot: TeleBot, app: App) -> None:
     bot.register_message_handler(_guarded(app, on_start), commands=["start"], chat_types=private)
     bot.register_message_handler(_guarded(app, on_status), commands=["status"], chat_types=private)
     bot.register_message_handler(_guarded(app, on_help), commands=["help"], chat_types=private)
+    bot.register_message_handler(_guarded(app, on_paysupport), commands=["paysupport"], chat_types=private)
     bot.register_message_handler(_guarded(app, on_link), commands=["link"], chat_types=private)
     bot.register_message_handler(
         _guarded(app, on_admin), commands=list(ADMIN_COMMANDS), chat_types=private,

@@ -27,6 +27,7 @@ TEXTS: dict[str, dict[str, str]] = {
             "/link: the way into the club again\n"
             "/code NAME: apply a discount code\n"
             "/gift: give membership to someone\n"
+            "/paysupport: help with a payment\n"
             "/help: this message\n\n"
             "Payment is made in @CryptoBot. Access opens as soon as the payment arrives."
         ),
@@ -102,6 +103,7 @@ TEXTS: dict[str, dict[str, str]] = {
         "invoice_stars": "{title}: {price}\n\nPay with Telegram Stars: press the button below. Access opens as soon as the payment arrives.",
         "invoice_stars_renews": "{title}: {price} a month\n\nPay with Telegram Stars: press the button below. Access opens as soon as the payment arrives, and the membership renews by itself every 30 days until you cancel it (/status).",
         "stars_unknown": "This invoice is not one of mine. Send /start to get a new one.",
+        "paysupport": "The club's admins have been told, and will write to you here about your payment. A payment can be refunded: the time it bought is then taken back.",
         "stars_not_yours": "This invoice was made for someone else. Send /start to get your own.",
         "stars_paid_already": "This invoice is paid already. Send /status to see your membership.",
         "stars_plan_changed": "This plan or its price has changed. Send /start to see the current plans.",
@@ -219,6 +221,7 @@ TEXTS: dict[str, dict[str, str]] = {
             "/link — снова получить вход в клуб\n"
             "/code КОД — применить код скидки\n"
             "/gift — подарить подписку\n"
+            "/paysupport — помощь с оплатой\n"
             "/help — это сообщение\n\n"
             "Оплата проходит в @CryptoBot. Доступ открывается сразу после оплаты."
         ),
@@ -294,6 +297,7 @@ TEXTS: dict[str, dict[str, str]] = {
         "invoice_stars": "{title}: {price}\n\nОплатите звёздами Telegram: нажмите кнопку ниже. Доступ откроется сразу после оплаты.",
         "invoice_stars_renews": "{title}: {price} в месяц\n\nОплатите звёздами Telegram: нажмите кнопку ниже. Доступ откроется сразу после оплаты, а подписка будет продлеваться сама каждые 30 дней, пока вы её не отмените (/status).",
         "stars_unknown": "Это не мой счёт. Отправьте /start, чтобы получить новый.",
+        "paysupport": "Администраторы клуба получили ваш запрос и напишут вам здесь об оплате. Платёж можно вернуть: тогда оплаченное им время отменяется.",
         "stars_not_yours": "Этот счёт выставлен другому человеку. Отправьте /start, чтобы получить свой.",
         "stars_paid_already": "Этот счёт уже оплачен. Отправьте /status, чтобы увидеть свою подписку.",
         "stars_plan_changed": "Этот тариф или его цена изменились. Отправьте /start, чтобы увидеть текущие тарифы.",

@@ -281,3 +281,16 @@ def test_a_payment_flood_never_drops_a_payment(app):
     assert not droppable({"message": message}, frozenset())
     assert not droppable({"pre_checkout_query": pre_checkout_query(501, "x", 1)}, frozenset())
     member_with_time(app, 501)  # (the fixture's app is used: the handlers above are registered)
+
+
+def test_paysupport_answers_the_member_and_tells_the_admins_once_a_minute(bot, app, telegram):
+    from conftest import ADMIN
+
+    payment = pay(bot, telegram, app)
+    for _ in range(5):  # a member who floods it
+        command(bot, "/paysupport")
+    assert last_text(telegram).startswith("The club's admins have been told")
+    Sender(app).run_once()
+    told = [m["text"] for m in telegram.messages_to(ADMIN) if m["text"].startswith("/paysupport")]
+    assert told == [f"/paysupport from @m501 (id 501): payments #{payment['telegram_payment_charge_id']}. "
+                    "/user 501 shows them."]
