@@ -943,6 +943,13 @@ class Database:
         return self.connect().execute("SELECT * FROM star_subscriptions WHERE user_id = ? "
                                       "ORDER BY renews_at DESC LIMIT 1", (user_id,)).fetchone()
 
+    def expire_star_invoices(self, now: int) -> int:
+        """Stars invoices past their time: Telegram's link would still take the money, so
+        pre-checkout refuses an expired one (the member gets a new one); how many."""
+        with self.transaction() as tx:
+            return tx.execute("UPDATE invoices SET status = 'expired' WHERE status = 'pending' "
+                              "AND currency_type = 'stars' AND expires_at <= ?", (now,)).rowcount
+
     def renewing_subscription(self, user_id: int, now: int) -> sqlite3.Row | None:
         """The member's Stars subscription that Telegram will charge again (not cancelled, due from now)."""
         return self.connect().execute(

@@ -65,6 +65,8 @@ def checkout(app: App, user_id: int, payload: str, currency: str, total: int) ->
         return "stars_unknown"
     if row["user_id"] != user_id:
         return "stars_not_yours"
+    if row["status"] == "expired":
+        return "check_expired"
     if row["status"] != "pending":
         return "stars_paid_already"
     plan = app.config.plan(row["plan_id"])

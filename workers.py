@@ -61,6 +61,7 @@ class Sweeper:
     def sweep_once(self) -> dict[str, int]:
         now = self.app.now()
         db, config = self.app.db, self.app.config
+        db.expire_star_invoices(now)
         done = {"declined": db.queue_declines(now - JOIN_REQUEST_WAIT, now),
                 "reminded": db.queue_reminders(now, config.remind_before), "expired": 0,
                 "undone": db.undo_early_removals(now),

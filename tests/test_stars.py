@@ -11,6 +11,7 @@ from fakes import pre_checkout_query, successful_payment_message
 
 import admin
 import stars
+import texts
 from config import ConfigError
 from db import Outcome, StarPayment
 from handlers import register_handlers
@@ -294,3 +295,17 @@ def test_paysupport_answers_the_member_and_tells_the_admins_once_a_minute(bot, a
     told = [m["text"] for m in telegram.messages_to(ADMIN) if m["text"].startswith("/paysupport")]
     assert told == [f"/paysupport from @m501 (id 501): payments #{payment['telegram_payment_charge_id']}. "
                     "/user 501 shows them."]
+
+
+def test_an_unpaid_stars_invoice_expires_and_is_refused_at_pre_checkout_then(bot, app, telegram, clock):
+    press(bot, "plan:stars")
+    row = stars_invoice(app)
+    clock.advance(app.config.invoice_ttl + 1)
+    Sweeper(app).sweep_once()
+    assert admin.stats_text(app.db, app.now(), "en").count("Pending invoices: 0") == 1
+    feed(bot, {"pre_checkout_query": pre_checkout_query(501, row["payment_uuid"], 250)})
+    answer = telegram.pre_checkout_answers[-1]
+    assert answer["ok"] in (False, "false", "False")
+    assert answer["error_message"] == texts.t("ru", "check_expired")  # no language given: the default
+    press(bot, "plan:stars")  # a new one
+    assert len(telegram.called("createInvoiceLink")) == 2
