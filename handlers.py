@@ -282,7 +282,9 @@ def on_plan(app: App, call: types.CallbackQuery) -> None:
     _answer(app, call)  # at once: creating the invoice may take a while
     title = plan_title(plan, lang)
     try:
-        purchase = (stars.buy if plan.is_stars else buy)(app, call.from_user.id, plan, title, gift)
+        # A free plan is a trial, whatever its currency says.
+        purchase = (stars.buy if plan.is_stars and not plan.is_trial else buy)(app, call.from_user.id, plan,
+                                                                               title, gift)
     except (CryptoPayError, stars.StarsUnavailable):
         _reply(app, call.from_user.id, texts.t(lang, "payments_unavailable"))
         return

@@ -309,3 +309,10 @@ def test_an_unpaid_stars_invoice_expires_and_is_refused_at_pre_checkout_then(bot
     assert answer["error_message"] == texts.t("ru", "check_expired")  # no language given: the default
     press(bot, "plan:stars")  # a new one
     assert len(telegram.called("createInvoiceLink")) == 2
+
+
+def test_a_free_plan_written_in_stars_is_a_trial(make_app, telegram):
+    app = make_app(PLANS="stars:30d:250:XTR,trial:3d:0:XTR")
+    register_handlers(app.bot, app)
+    press(app.bot, "plan:trial")
+    assert telegram.called("createInvoiceLink") == [] and app.db.expires_at(501) == app.now() + 3 * DAY
