@@ -49,6 +49,8 @@ GIFT_SHORT_ID = 8
 # What a GIFT_BOUGHT message carries until it is sent, and no longer (the database keeps no
 # usable link once the buyer has it).
 GIFT_SECRET = "token"
+# An invoice in these has had its payment: a delivery of it again is a duplicate.
+FINAL = ("paid", "mismatch", "refunded")
 # How long after a Stars subscription's renewal date a member whose time ran out is kept,
 # waiting for the renewal's payment, before the removal.
 RENEWAL_WAIT = 86400
@@ -316,7 +318,7 @@ class Database:
         # Read before the write lock: paid and mismatch are final, so a delivery again is known
         # here, and for a new payment the write checks that the row is still as read.
         seen = self.connect().execute("SELECT * FROM invoices WHERE invoice_id = ?", (paid.invoice_id,)).fetchone()
-        if seen is not None and seen["status"] in ("paid", "mismatch"):
+        if seen is not None and seen["status"] in FINAL:
             if cause == "webhook":
                 self._webhook_again(seen["id"], clock())
             return ApplyResult(Outcome.DUPLICATE, user_id=seen["user_id"])
@@ -357,7 +359,7 @@ class Database:
             return ApplyResult(Outcome.NOT_OURS)
         if cause == "webhook":
             self._clear_webhook_alerts(tx, now)
-        if row["status"] in ("paid", "mismatch"):  # applied since the look before the lock
+        if row["status"] in FINAL:  # applied since the look before the lock
             if cause == "webhook":
                 tx.execute("UPDATE invoices SET webhook_at = ? WHERE id = ?", (now, row["id"]))
             return ApplyResult(Outcome.DUPLICATE, user_id=row["user_id"])
@@ -477,10 +479,12 @@ class Database:
                 """SELECT user_id, expires_at FROM subscriptions s
                    WHERE removed_for IS NOT expires_at AND expires_at <= ?
                      AND NOT EXISTS (SELECT 1 FROM star_subscriptions r WHERE r.user_id = s.user_id
-                                       AND r.canceled_at IS NULL AND r.renews_at > ?)
+                                       AND r.canceled_at IS NULL AND r.renews_at > ?
+                                       AND r.renews_at <= s.expires_at + ?)
                    ORDER BY expires_at LIMIT ?""",
                 # A Stars subscription Telegram is about to renew waits for its payment a day.
-                (now - grace, now - RENEWAL_WAIT, limit),
+                # Only the expiry that renewal extends: one a refund brought earlier is not held.
+                (now - grace, now - RENEWAL_WAIT, RENEWAL_WAIT, limit),
             ).fetchall()
             for row in rows:
                 tx.execute("UPDATE subscriptions SET removed_for = expires_at WHERE user_id = ?", (row["user_id"],))
@@ -1045,6 +1049,10 @@ class Database:
             row = tx.execute("UPDATE invoices SET status = 'refunded' WHERE id = ? RETURNING *",
                              (invoice_row,)).fetchone()
             taken, holder = _refund_time(tx, row, now)
+            if row["currency_type"] == "stars":  # its subscription renews no more here, whatever Telegram says
+                tx.execute("""UPDATE star_subscriptions SET canceled_at = coalesce(canceled_at, ?), updated_at = ?
+                              WHERE charge_id = (SELECT charge_id FROM invoices WHERE id = ?)""",
+                           (now, now, row["renewal_of"] if row["renewal_of"] is not None else row["id"]))
             tx.execute("UPDATE refunds SET time_taken = ? WHERE invoice_row = ?", (taken, invoice_row))
             _audit(tx, now, row["user_id"], "refunded", refund["by"], row["invoice_id"], {
                 "payment_uuid": row["payment_uuid"], "charge_id": row["charge_id"], "method": refund["method"],
@@ -1526,36 +1534,55 @@ def _note_star_subscription(tx: sqlite3.Connection, paid: StarPayment, subscript
                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (charge_id) DO NOTHING",
                    (paid.charge_id, paid.user_id, paid.payload, plan_id, paid.renews_at, now))
         return
-    tx.execute("UPDATE star_subscriptions SET renews_at = max(renews_at, ?), updated_at = ? WHERE charge_id = ?",
-               (paid.renews_at, now, subscription["charge_id"]))
+    # A renewal came: Telegram renews it, whatever was recorded (a cancel asked of Telegram that failed).
+    tx.execute("UPDATE star_subscriptions SET renews_at = max(renews_at, ?), canceled_at = NULL, updated_at = ? "
+               "WHERE charge_id = ?", (paid.renews_at, now, subscription["charge_id"]))
 
 
 def _refund_time(tx: sqlite3.Connection, row: sqlite3.Row, now: int) -> tuple[int, int | None]:
     """Take back what a refunded payment gave: (the time taken, from whom). A gift not yet taken
     stops working; one taken loses its time from whoever took it. A referral bonus the payment
     earned is taken back from the referrer as well."""
-    holder: int | None = row["user_id"]
+    holder, given = row["user_id"], ("payment_applied", row["payment_uuid"])
     if row["gift"]:
-        gift = tx.execute("UPDATE gifts SET ready = 0 WHERE invoice_row = ? RETURNING redeemed_by",
+        gift = tx.execute("UPDATE gifts SET ready = 0 WHERE invoice_row = ? RETURNING redeemed_by, short_id",
                           (row["id"],)).fetchone()
         holder = None if gift is None else gift["redeemed_by"]
-    taken = 0 if holder is None else take_back(tx, holder, row["duration"], now, "refund")
+        given = ("gift_redeemed", None if gift is None else gift["short_id"])
+    taken = 0 if holder is None else take_back(tx, holder, row["duration"], now, "refund",
+                                               _given_until(tx, holder, *given))
     bonus = tx.execute("UPDATE referral_bonuses SET taken_back_at = ? WHERE invoice_row = ? AND taken_back_at IS NULL "
                        "RETURNING referrer_id, duration", (now, row["id"])).fetchone()
     if bonus is not None and bonus["duration"]:
-        back = take_back(tx, bonus["referrer_id"], bonus["duration"], now, "refund")
+        back = take_back(tx, bonus["referrer_id"], bonus["duration"], now, "refund",
+                         _given_until(tx, bonus["referrer_id"], "referral_bonus", f'"referred": {row["user_id"]}'))
         _audit(tx, now, bonus["referrer_id"], "referral_bonus_taken_back", "refund", row["invoice_id"],
                {"referred": row["user_id"], "duration": bonus["duration"], "taken": back})
     return taken, holder
 
 
-def take_back(tx: sqlite3.Connection, user_id: int, duration: int, now: int, why: str) -> int:
-    """Take up to `duration` off a member's time, never more than is left; with nothing left,
-    the member is removed now (no grace period). The time taken."""
+def _given_until(tx: sqlite3.Connection, user_id: int, action: str, needle: str | None) -> int | None:
+    """When the time that an audit record of `action` (naming `needle`) gave the member ended: the
+    expiry it set. Time stacks at the end, so what it gave lies before that moment."""
+    if needle is None:
+        return None
+    record = tx.execute("SELECT detail FROM audit WHERE user_id = ? AND action = ? AND instr(detail, ?) > 0 "
+                        "ORDER BY id DESC LIMIT 1", (user_id, action, needle)).fetchone()
+    return None if record is None else json.loads(record["detail"]).get("expires_at")
+
+
+def take_back(tx: sqlite3.Connection, user_id: int, duration: int, now: int, why: str,
+              until: int | None = None) -> int:
+    """Take up to `duration` off a member's time: never more than is left, nor (given `until`, when
+    the time taken back ended) more of it than is still ahead; time bought later stays. With
+    nothing left, the member is removed now (no grace period). The time taken."""
     sub = tx.execute("SELECT expires_at, revoked_at FROM subscriptions WHERE user_id = ?", (user_id,)).fetchone()
     if sub is None or sub["revoked_at"] is not None or sub["expires_at"] <= now:
         return 0
-    taken = min(duration, sub["expires_at"] - now)
+    ahead = duration if until is None else max(0, min(duration, until - now))
+    taken = min(ahead, sub["expires_at"] - now)
+    if taken <= 0:
+        return 0
     if sub["expires_at"] - taken > now:
         tx.execute("UPDATE subscriptions SET expires_at = ?, updated_at = ? WHERE user_id = ?",
                    (sub["expires_at"] - taken, now, user_id))

@@ -207,7 +207,7 @@ def _finish(app: App, row: sqlite3.Row, claim: tuple, transfer_id: int | None) -
         return Result("already", row)
     app.wake_sender()
     if row["currency_type"] == "stars":
-        _stop_renewal(app, row, claim[-1])
+        _stop_renewal(app, row)
     removed = had_time and (app.db.expires_at(holder) or 0) <= app.now()
     log.info("refund of %s done: %s s taken back from %s%s", payment_name(row, "en"), taken, holder,
              ", who is being removed" if removed else "")
@@ -222,16 +222,15 @@ def _holder(app: App, row: sqlite3.Row) -> int | None:
     return None if gift is None else gift["redeemed_by"]
 
 
-def _stop_renewal(app: App, row: sqlite3.Row, by: str) -> None:
+def _stop_renewal(app: App, row: sqlite3.Row) -> None:
     """A refunded subscription payment: its renewal is cancelled too, if it can be (best effort)."""
     from tg import budgeted_call
 
-    subscription = app.db.subscription_of_payment(row)
-    if subscription is None or subscription["canceled_at"] is not None:
+    subscription = app.db.subscription_of_payment(row)  # marked cancelled already, by finish_refund
+    if subscription is None:
         return
     try:
         budgeted_call(app, app.bot.edit_user_star_subscription, row["user_id"], subscription["charge_id"], True)
-        app.db.set_star_renewal(subscription["charge_id"], True, app.now(), by)
         log.info("refund: the Stars renewal of member %s is cancelled", row["user_id"])
     except Exception as exc:
         log.warning("refund: the Stars renewal of member %s could not be cancelled: %s", row["user_id"], exc)

@@ -182,10 +182,24 @@ class UpdatePoller:
         # Confirmed by the next getUpdates: only now that they are kept.
         self.offset = raw[-1]["update_id"] + 1
         by_id = {u["update_id"]: u for u in raw}
-        dropped = [update_id for update_id, member_id, body in kept
-                   if update_id in fresh and not self._queue(update_id, member_id, body, by_id[update_id])]
+        dropped = []
+        for update_id, member_id, body in kept:
+            if update_id not in fresh:
+                continue
+            if "pre_checkout_query" in by_id[update_id]:
+                self._answer_now(update_id, body)
+            elif not self._queue(update_id, member_id, body, by_id[update_id]):
+                dropped.append(update_id)
         self._mark_dropped(dropped)  # after all are queued: a failure here holds up none of them
         return len(raw)
+
+    def _answer_now(self, update_id: int, body: str) -> None:
+        """A pre-checkout query, handled here and now: Telegram takes no payment it has not had
+        an answer for within 10 seconds, and the handler threads may all be waiting on Crypto Pay."""
+        try:
+            self.handle(update_id, body)
+        except Stopping:
+            log.info("update %s: left for the next start (stopping)", update_id)
 
     def _queue(self, update_id: int, member_id: int | None, body: str, update: dict) -> bool:
         """Hand an update to the handlers; False if it is dropped (a flood from one member)."""

@@ -297,3 +297,48 @@ def test_the_command_line_refunds_with_yes_and_refuses_what_it_should(app, env, 
     assert app.db.refund_of(invoice_of(app)["id"])["by"] == "cli"
     code, out, err = refund_cli(env, tmp_path, ref, "--yes")
     assert code == 1 and "already refunded" in err and len(cryptopay.transfers) == 1
+
+
+# --- found in review ---
+
+def test_a_stars_refund_whose_renewal_cancel_telegram_refuses_still_lets_the_expiry_come(
+        bot, app, telegram, clock):
+    from workers import Sweeper
+
+    member_with_time(app, 501, days=5)
+    buy_stars(bot, app, telegram)  # 5 + 30 days
+    telegram.fail("editUserStarSubscription", (400, {"ok": False, "error_code": 400, "description": "Bad Request"}))
+    charge = app.db.star_subscription(501)["charge_id"]
+    assert confirm(bot, telegram, ask(bot, telegram, charge)).startswith("Refunded 250 ⭐")
+    assert app.db.expires_at(501) == START + 5 * DAY  # the member's own 5 days stay
+    clock.advance(10 * DAY)
+    Sweeper(app).sweep_once()  # the unpaid renewal holds no one in
+    assert "expire" in kinds_to(app, 501)
+
+
+def test_a_refunded_invoice_delivered_again_is_a_duplicate_not_an_error(bot, app, telegram, cryptopay):
+    from cryptopay import parse_invoice
+    from db import Outcome
+
+    paid(app, cryptopay)
+    invoice = invoice_of(app)
+    confirm(bot, telegram, ask(bot, telegram, invoice["invoice_id"]))
+    again = parse_invoice(cryptopay.invoices[invoice["invoice_id"]])
+    for cause in ("webhook", "poller", "button"):
+        assert app.db.apply_invoice(again, cause, app.now(), frozenset()).outcome is Outcome.DUPLICATE
+    assert app.db.expires_at(501) <= app.now()
+
+
+def test_a_refund_takes_back_only_what_is_left_of_that_payments_own_time(bot, app, telegram, cryptopay, clock):
+    paid(app, cryptopay)  # January: 30 days, all used
+    january = invoice_of(app)
+    clock.advance(40 * DAY)
+    paid(app, cryptopay)  # March: 30 days from now
+    clock.advance(10 * DAY)
+    until = app.db.expires_at(501)
+    outcome = confirm(bot, telegram, ask(bot, telegram, january["invoice_id"]))
+    assert "Time taken back: 0." in outcome
+    assert app.db.expires_at(501) == until  # the March payment's 20 days stay
+    march = invoice_of(app)
+    confirm(bot, telegram, ask(bot, telegram, march["invoice_id"]))
+    assert app.db.expires_at(501) <= app.now()  # its own 20 days were what was left

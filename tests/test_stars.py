@@ -316,3 +316,15 @@ def test_a_free_plan_written_in_stars_is_a_trial(make_app, telegram):
     register_handlers(app.bot, app)
     press(app.bot, "plan:trial")
     assert telegram.called("createInvoiceLink") == [] and app.db.expires_at(501) == app.now() + 3 * DAY
+
+
+def test_pre_checkout_is_answered_at_once_even_while_every_handler_is_busy(bot, app, telegram):
+    from updates import UpdatePoller
+
+    press(bot, "plan:stars")
+    row = stars_invoice(app)
+    telegram.push_update({"pre_checkout_query": pre_checkout_query(501, row["payment_uuid"], 250)})
+    poller = UpdatePoller(app)  # its handler threads never started: as if all were waiting on Crypto Pay
+    poller.fetch_once(long_poll=0)
+    assert telegram.pre_checkout_answers[-1]["ok"] in (True, "true", "True")
+    assert app.db.connect().execute("SELECT status FROM updates").fetchone()[0] == "done"
