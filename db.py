@@ -1543,32 +1543,35 @@ def _refund_time(tx: sqlite3.Connection, row: sqlite3.Row, now: int) -> tuple[in
     """Take back what a refunded payment gave: (the time taken, from whom). A gift not yet taken
     stops working; one taken loses its time from whoever took it. A referral bonus the payment
     earned is taken back from the referrer as well."""
-    holder, given = row["user_id"], ("payment_applied", row["payment_uuid"])
+    holder, given = row["user_id"], ("payment_applied", "payment_uuid", row["payment_uuid"])
     if row["gift"]:
         gift = tx.execute("UPDATE gifts SET ready = 0 WHERE invoice_row = ? RETURNING redeemed_by, short_id",
                           (row["id"],)).fetchone()
         holder = None if gift is None else gift["redeemed_by"]
-        given = ("gift_redeemed", None if gift is None else gift["short_id"])
+        given = ("gift_redeemed", "gift", None if gift is None else gift["short_id"])
     taken = 0 if holder is None else take_back(tx, holder, row["duration"], now, "refund",
                                                _given_until(tx, holder, *given))
     bonus = tx.execute("UPDATE referral_bonuses SET taken_back_at = ? WHERE invoice_row = ? AND taken_back_at IS NULL "
                        "RETURNING referrer_id, duration", (now, row["id"])).fetchone()
     if bonus is not None and bonus["duration"]:
         back = take_back(tx, bonus["referrer_id"], bonus["duration"], now, "refund",
-                         _given_until(tx, bonus["referrer_id"], "referral_bonus", f'"referred": {row["user_id"]}'))
+                         _given_until(tx, bonus["referrer_id"], "referral_bonus", "referred", row["user_id"]))
         _audit(tx, now, bonus["referrer_id"], "referral_bonus_taken_back", "refund", row["invoice_id"],
                {"referred": row["user_id"], "duration": bonus["duration"], "taken": back})
     return taken, holder
 
 
-def _given_until(tx: sqlite3.Connection, user_id: int, action: str, needle: str | None) -> int | None:
-    """When the time that an audit record of `action` (naming `needle`) gave the member ended: the
-    expiry it set. Time stacks at the end, so what it gave lies before that moment."""
-    if needle is None:
+def _given_until(tx: sqlite3.Connection, user_id: int, action: str, key: str, value: object) -> int | None:
+    """When the time that the member's audit record of `action` with `key` = `value` gave them
+    ended: the expiry it set. Time stacks at the end, so what it gave lies before that moment."""
+    if value is None:
         return None
-    record = tx.execute("SELECT detail FROM audit WHERE user_id = ? AND action = ? AND instr(detail, ?) > 0 "
-                        "ORDER BY id DESC LIMIT 1", (user_id, action, needle)).fetchone()
-    return None if record is None else json.loads(record["detail"]).get("expires_at")
+    for record in tx.execute("SELECT detail FROM audit WHERE user_id = ? AND action = ? AND instr(detail, ?) > 0 "
+                             "ORDER BY id DESC", (user_id, action, str(value))):
+        detail = json.loads(record["detail"])
+        if detail.get(key) == value:  # not one whose value merely contains this one
+            return detail.get("expires_at")
+    return None
 
 
 def take_back(tx: sqlite3.Connection, user_id: int, duration: int, now: int, why: str,

@@ -342,3 +342,20 @@ def test_a_refund_takes_back_only_what_is_left_of_that_payments_own_time(bot, ap
     march = invoice_of(app)
     confirm(bot, telegram, ask(bot, telegram, march["invoice_id"]))
     assert app.db.expires_at(501) <= app.now()  # its own 20 days were what was left
+
+
+def test_a_bonus_used_up_is_not_taken_back_and_another_referred_members_is_not_mistaken_for_it(
+        bot, app, telegram, cryptopay, clock):
+    app.db.upsert_member(601, "m601", "M", "en", app.now())
+    ref = app.db.member_ref(601)
+    for user in (50, 501):  # "referred": 50 is the start of "referred": 501
+        app.db.upsert_member(user, f"m{user}", "M", "en", app.now())
+        assert app.db.attribute_referral(user, ref, app.now()) == "referred"
+    paid(app, cryptopay, user_id=50)  # the referrer's bonus: 7 days from now
+    clock.advance(8 * DAY)  # used up
+    paid(app, cryptopay, user_id=501)  # another 7 days
+    clock.advance(DAY)
+    until = app.db.expires_at(601)
+    confirm(bot, telegram, ask(bot, telegram, invoice_of(app, 50)["invoice_id"]))
+    assert app.db.payment(str(invoice_of(app, 50)["invoice_id"]))["status"] == "refunded"
+    assert app.db.expires_at(601) == until  # the bonus member 501 earned stays
