@@ -437,7 +437,8 @@ class Database:
             if cursor.rowcount != 1:
                 return None
             new_expiry = extend_subscription(tx, user_id, duration, now)
-            _audit(tx, now, user_id, "trial_started", "bot", None, {"plan": plan_id, "expires_at": new_expiry})
+            _audit(tx, now, user_id, "trial_started", "bot", None, {"plan": plan_id, "expires_at": new_expiry,
+                                                                    "duration": duration})
             enqueue(tx, Kind.ACTIVATED, user_id, {"plan": plan_id, "expires_at": new_expiry, "trial": True},
                     now, PRIORITY_NOW, dedupe_key=f"trial:{user_id}")
             return new_expiry
@@ -1049,10 +1050,6 @@ class Database:
             row = tx.execute("UPDATE invoices SET status = 'refunded' WHERE id = ? RETURNING *",
                              (invoice_row,)).fetchone()
             taken, holder = _refund_time(tx, row, now)
-            if row["currency_type"] == "stars":  # its subscription renews no more here, whatever Telegram says
-                tx.execute("""UPDATE star_subscriptions SET canceled_at = coalesce(canceled_at, ?), updated_at = ?
-                              WHERE charge_id = (SELECT charge_id FROM invoices WHERE id = ?)""",
-                           (now, now, row["renewal_of"] if row["renewal_of"] is not None else row["id"]))
             tx.execute("UPDATE refunds SET time_taken = ? WHERE invoice_row = ?", (taken, invoice_row))
             _audit(tx, now, row["user_id"], "refunded", refund["by"], row["invoice_id"], {
                 "payment_uuid": row["payment_uuid"], "charge_id": row["charge_id"], "method": refund["method"],
@@ -1534,56 +1531,82 @@ def _note_star_subscription(tx: sqlite3.Connection, paid: StarPayment, subscript
                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (charge_id) DO NOTHING",
                    (paid.charge_id, paid.user_id, paid.payload, plan_id, paid.renews_at, now))
         return
-    # A renewal came: Telegram renews it, whatever was recorded (a cancel asked of Telegram that failed).
-    tx.execute("UPDATE star_subscriptions SET renews_at = max(renews_at, ?), canceled_at = NULL, updated_at = ? "
-               "WHERE charge_id = ?", (paid.renews_at, now, subscription["charge_id"]))
+    tx.execute("UPDATE star_subscriptions SET renews_at = max(renews_at, ?), updated_at = ? WHERE charge_id = ?",
+               (paid.renews_at, now, subscription["charge_id"]))
 
 
 def _refund_time(tx: sqlite3.Connection, row: sqlite3.Row, now: int) -> tuple[int, int | None]:
     """Take back what a refunded payment gave: (the time taken, from whom). A gift not yet taken
     stops working; one taken loses its time from whoever took it. A referral bonus the payment
-    earned is taken back from the referrer as well."""
+    earned is taken back from the referrer as well. Each only as far as it is still ahead."""
     holder, given = row["user_id"], ("payment_applied", "payment_uuid", row["payment_uuid"])
     if row["gift"]:
         gift = tx.execute("UPDATE gifts SET ready = 0 WHERE invoice_row = ? RETURNING redeemed_by, short_id",
                           (row["id"],)).fetchone()
         holder = None if gift is None else gift["redeemed_by"]
         given = ("gift_redeemed", "gift", None if gift is None else gift["short_id"])
-    taken = 0 if holder is None else take_back(tx, holder, row["duration"], now, "refund",
-                                               _given_until(tx, holder, *given))
+    taken = 0 if holder is None else take_back(tx, holder, now, "refund",
+                                               _still_ahead(tx, holder, row["duration"], now, *given))
     bonus = tx.execute("UPDATE referral_bonuses SET taken_back_at = ? WHERE invoice_row = ? AND taken_back_at IS NULL "
                        "RETURNING referrer_id, duration", (now, row["id"])).fetchone()
     if bonus is not None and bonus["duration"]:
-        back = take_back(tx, bonus["referrer_id"], bonus["duration"], now, "refund",
-                         _given_until(tx, bonus["referrer_id"], "referral_bonus", "referred", row["user_id"]))
+        ahead = _still_ahead(tx, bonus["referrer_id"], bonus["duration"], now, "referral_bonus", "referred",
+                             row["user_id"])
+        back = take_back(tx, bonus["referrer_id"], now, "refund", ahead)
         _audit(tx, now, bonus["referrer_id"], "referral_bonus_taken_back", "refund", row["invoice_id"],
                {"referred": row["user_id"], "duration": bonus["duration"], "taken": back})
     return taken, holder
 
 
-def _given_until(tx: sqlite3.Connection, user_id: int, action: str, key: str, value: object) -> int | None:
-    """When the time that the member's audit record of `action` with `key` = `value` gave them
-    ended: the expiry it set. Time stacks at the end, so what it gave lies before that moment."""
-    if value is None:
-        return None
-    for record in tx.execute("SELECT detail FROM audit WHERE user_id = ? AND action = ? AND instr(detail, ?) > 0 "
-                             "ORDER BY id DESC", (user_id, action, str(value))):
-        detail = json.loads(record["detail"])
-        if detail.get(key) == value:  # not one whose value merely contains this one
-            return detail.get("expires_at")
-    return None
+# What gives a member time (their audit record's action); each stacks after the time they have.
+_TIME_GIVEN = ("payment_applied", "granted", "gift_redeemed", "referral_bonus", "trial_started")
 
 
-def take_back(tx: sqlite3.Connection, user_id: int, duration: int, now: int, why: str,
-              until: int | None = None) -> int:
-    """Take up to `duration` off a member's time: never more than is left, nor (given `until`, when
-    the time taken back ended) more of it than is still ahead; time bought later stays. With
-    nothing left, the member is removed now (no grace period). The time taken."""
+def _still_ahead(tx: sqlite3.Connection, user_id: int, duration: int, now: int, action: str, key: str,
+                 value: object) -> int:
+    """How much of the `duration` that the member's audit record of `action` (with `key` = `value`)
+    gave is still ahead of them. Time stacks at the end, so the time given after it, and still
+    standing, is the last of what they have, and its own lies just before: their time left, less
+    that, and never more than it gave. Nothing, once an admin's revoke has ended their time since."""
+    left = max(0, (_expiry(tx, user_id) or now) - now)
+    records = tx.execute("SELECT id, detail FROM audit WHERE user_id = ? AND action = ? AND instr(detail, ?) > 0 "
+                         "ORDER BY id DESC", (user_id, action, str(value))).fetchall() if value is not None else []
+    anchor = next((r["id"] for r in records if json.loads(r["detail"]).get(key) == value), None)
+    if anchor is None:  # given before such records were kept: at most what is left
+        return min(duration, left)
+    later = 0
+    for record in tx.execute(f"SELECT action, detail FROM audit WHERE user_id = ? AND id > ? AND action IN "
+                             f"({','.join('?' * len(_TIME_GIVEN))}, 'revoked')", (user_id, anchor, *_TIME_GIVEN)):
+        if record["action"] == "revoked":
+            return 0
+        later += _standing(tx, user_id, record["action"], json.loads(record["detail"]))
+    return max(0, min(duration, left - later))
+
+
+def _standing(tx: sqlite3.Connection, user_id: int, action: str, detail: dict[str, Any]) -> int:
+    """The time an audit record gave, unless it was taken back since (a refund)."""
+    if action == "payment_applied":
+        paid = tx.execute("SELECT duration, status FROM invoices WHERE payment_uuid = ?",
+                          (detail.get("payment_uuid"),)).fetchone()
+        return paid["duration"] if paid is not None and paid["status"] == "paid" else 0
+    if action == "gift_redeemed":
+        gift = tx.execute("SELECT ready FROM gifts WHERE short_id = ? AND redeemed_by = ?",
+                          (detail.get("gift"), user_id)).fetchone()
+        return detail.get("duration", 0) if gift is None or gift["ready"] else 0
+    if action == "referral_bonus":
+        bonus = tx.execute("SELECT taken_back_at FROM referral_bonuses WHERE referred_id = ?",
+                           (detail.get("referred"),)).fetchone()
+        return detail.get("duration", 0) if bonus is None or bonus["taken_back_at"] is None else 0
+    return int(detail.get("duration", 0))  # a grant; a trial (its record says since this version)
+
+
+def take_back(tx: sqlite3.Connection, user_id: int, now: int, why: str, amount: int) -> int:
+    """Take up to `amount` off a member's time, never more than is left; with nothing left, the
+    member is removed now (no grace period). The time taken."""
     sub = tx.execute("SELECT expires_at, revoked_at FROM subscriptions WHERE user_id = ?", (user_id,)).fetchone()
     if sub is None or sub["revoked_at"] is not None or sub["expires_at"] <= now:
         return 0
-    ahead = duration if until is None else max(0, min(duration, until - now))
-    taken = min(ahead, sub["expires_at"] - now)
+    taken = min(amount, sub["expires_at"] - now)
     if taken <= 0:
         return 0
     if sub["expires_at"] - taken > now:

@@ -239,8 +239,8 @@ def on_paysupport(app: App, message: types.Message) -> None:
     lang = _remember(app, message.from_user)
     user = message.from_user
     now = app.now()
-    payments = [admin.payment_ref(row).strip() for row in app.db.member_invoices(user.id, 5)
-                if row["status"] in ("paid", "refunded", "mismatch")]
+    payments = [admin.payment_ref(row).strip() for row in app.db.member_invoices(user.id, 50)
+                if row["status"] in ("paid", "refunded", "mismatch")][:5]
     text = (f"/paysupport from {admin.member_name(user.id, user.username)}: "
             f"payments {', '.join(filter(None, payments)) or 'none'}. /user {user.id} shows them.")
     for admin_id in sorted(app.config.admin_ids):

@@ -226,11 +226,15 @@ def _stop_renewal(app: App, row: sqlite3.Row) -> None:
     """A refunded subscription payment: its renewal is cancelled too, if it can be (best effort)."""
     from tg import budgeted_call
 
-    subscription = app.db.subscription_of_payment(row)  # marked cancelled already, by finish_refund
-    if subscription is None:
+    subscription = app.db.subscription_of_payment(row)
+    if subscription is None or subscription["canceled_at"] is not None:
         return
     try:
         budgeted_call(app, app.bot.edit_user_star_subscription, row["user_id"], subscription["charge_id"], True)
+        # Recorded only once Telegram took it: otherwise it still renews, the member's own Cancel
+        # still asks Telegram, and a renewal that comes is a payment like any other. (Its expiry is
+        # not held for it: the refund brought the expiry before the renewal date.)
+        app.db.set_star_renewal(subscription["charge_id"], True, app.now(), "refund")
         log.info("refund: the Stars renewal of member %s is cancelled", row["user_id"])
     except Exception as exc:
         log.warning("refund: the Stars renewal of member %s could not be cancelled: %s", row["user_id"], exc)

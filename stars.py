@@ -65,7 +65,7 @@ def checkout(app: App, user_id: int, payload: str, currency: str, total: int) ->
         return "stars_unknown"
     if row["user_id"] != user_id:
         return "stars_not_yours"
-    if row["status"] == "expired":
+    if row["status"] == "expired" or (row["status"] == "pending" and row["expires_at"] <= app.now()):
         return "check_expired"
     if row["status"] != "pending":
         return "stars_paid_already"

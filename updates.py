@@ -187,15 +187,17 @@ class UpdatePoller:
             if update_id not in fresh:
                 continue
             if "pre_checkout_query" in by_id[update_id]:
-                self._answer_now(update_id, body)
+                threading.Thread(target=self._answer_now, args=(update_id, body), name="pre-checkout",
+                                 daemon=True).start()
             elif not self._queue(update_id, member_id, body, by_id[update_id]):
                 dropped.append(update_id)
         self._mark_dropped(dropped)  # after all are queued: a failure here holds up none of them
         return len(raw)
 
     def _answer_now(self, update_id: int, body: str) -> None:
-        """A pre-checkout query, handled here and now: Telegram takes no payment it has not had
-        an answer for within 10 seconds, and the handler threads may all be waiting on Crypto Pay."""
+        """A pre-checkout query, handled at once on a thread of its own: Telegram takes no payment
+        it has not had an answer for within 10 seconds, the handler threads may all be waiting on
+        Crypto Pay, and a slow answer must not hold up polling."""
         try:
             self.handle(update_id, body)
         except Stopping:

@@ -359,3 +359,41 @@ def test_a_bonus_used_up_is_not_taken_back_and_another_referred_members_is_not_m
     confirm(bot, telegram, ask(bot, telegram, invoice_of(app, 50)["invoice_id"]))
     assert app.db.payment(str(invoice_of(app, 50)["invoice_id"]))["status"] == "refunded"
     assert app.db.expires_at(601) == until  # the bonus member 501 earned stays
+
+
+def test_after_a_revoke_and_a_new_payment_refunding_the_old_one_takes_nothing(bot, app, telegram, cryptopay, clock):
+    paid(app, cryptopay)  # A
+    first = invoice_of(app)
+    clock.advance(2 * DAY)
+    app.db.revoke(501, app.now(), "test")  # A's time ended by an admin
+    clock.advance(DAY)
+    paid(app, cryptopay)  # B: 30 days from now
+    until = app.db.expires_at(501)
+    assert "Time taken back: 0." in confirm(bot, telegram, ask(bot, telegram, first["invoice_id"]))
+    assert app.db.expires_at(501) == until
+
+
+def test_a_second_refund_takes_only_its_own_payments_time_after_the_first_moved_the_rest(
+        bot, app, telegram, cryptopay, clock):
+    paid(app, cryptopay)  # A
+    a = invoice_of(app)
+    paid(app, cryptopay)  # B, the same day: 60 days in all
+    b = invoice_of(app)
+    confirm(bot, telegram, ask(bot, telegram, a["invoice_id"]))  # 30 days taken: B's time is what is left
+    clock.advance(40 * DAY)  # B's used up
+    paid(app, cryptopay)  # C: 30 days from now
+    until = app.db.expires_at(501)
+    assert "Time taken back: 0." in confirm(bot, telegram, ask(bot, telegram, b["invoice_id"]))
+    assert app.db.expires_at(501) == until  # C's time stays
+
+
+def test_when_telegram_refuses_to_cancel_the_renewal_the_members_own_cancel_still_asks_it(
+        bot, app, telegram):
+    buy_stars(bot, app, telegram)
+    charge = app.db.star_subscription(501)["charge_id"]
+    telegram.fail("editUserStarSubscription", (400, {"ok": False, "error_code": 400, "description": "Bad Request"}))
+    confirm(bot, telegram, ask(bot, telegram, charge))
+    assert app.db.star_subscription(501)["canceled_at"] is None  # Telegram still renews it
+    press(bot, "renewal:cancel")
+    assert len(telegram.called("editUserStarSubscription")) == 2 and telegram.star_subscriptions[charge]["canceled"]
+    assert app.db.star_subscription(501)["canceled_at"] is not None

@@ -319,6 +319,8 @@ def test_a_free_plan_written_in_stars_is_a_trial(make_app, telegram):
 
 
 def test_pre_checkout_is_answered_at_once_even_while_every_handler_is_busy(bot, app, telegram):
+    from conftest import wait_for
+
     from updates import UpdatePoller
 
     press(bot, "plan:stars")
@@ -326,5 +328,22 @@ def test_pre_checkout_is_answered_at_once_even_while_every_handler_is_busy(bot, 
     telegram.push_update({"pre_checkout_query": pre_checkout_query(501, row["payment_uuid"], 250)})
     poller = UpdatePoller(app)  # its handler threads never started: as if all were waiting on Crypto Pay
     poller.fetch_once(long_poll=0)
+    wait_for(lambda: telegram.pre_checkout_answers, timeout=5)
     assert telegram.pre_checkout_answers[-1]["ok"] in (True, "true", "True")
-    assert app.db.connect().execute("SELECT status FROM updates").fetchone()[0] == "done"
+    wait_for(lambda: app.db.connect().execute("SELECT status FROM updates").fetchone()[0] == "done", timeout=5)
+
+
+def test_an_invoice_past_its_time_is_refused_even_before_the_sweep_marks_it(bot, app, telegram, clock):
+    press(bot, "plan:stars")
+    row = stars_invoice(app)
+    clock.advance(app.config.invoice_ttl)
+    feed(bot, {"pre_checkout_query": pre_checkout_query(501, row["payment_uuid"], 250)})
+    assert telegram.pre_checkout_answers[-1]["ok"] in (False, "false", "False")
+
+
+def test_a_renewal_charged_before_the_member_cancelled_but_applied_after_leaves_it_cancelled(bot, app, telegram):
+    first = pay(bot, telegram, app)
+    renewal = telegram.renew(first["telegram_payment_charge_id"])  # charged; its update not handled yet
+    press(bot, "renewal:cancel")
+    feed(bot, {"message": successful_payment_message(501, renewal)})  # handled now
+    assert app.db.star_subscription(501)["canceled_at"] is not None
