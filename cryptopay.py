@@ -127,9 +127,7 @@ def parse_invoice(obj: Any) -> Invoice:
     """Validate an Invoice object (from a webhook or getInvoices); ValueError if malformed."""
     if not isinstance(obj, dict):
         raise ValueError("invoice is not an object")
-    invoice_id = obj.get("invoice_id")
-    if not isinstance(invoice_id, int) or isinstance(invoice_id, bool) or invoice_id <= 0:
-        raise ValueError("invoice_id is not a positive integer")
+    invoice_id = _positive_int(obj, "invoice_id")
     status = obj.get("status")
     if status not in ("active", "paid", "expired"):
         raise ValueError("status is not active, paid or expired")
@@ -139,15 +137,7 @@ def parse_invoice(obj: Any) -> Invoice:
     currency = obj.get("fiat" if currency_type == "fiat" else "asset")
     if not isinstance(currency, str) or not currency:
         raise ValueError("the invoice names no asset or fiat currency")
-    raw_amount = obj.get("amount")
-    if not isinstance(raw_amount, str):
-        raise ValueError("amount is not a decimal string")
-    try:
-        amount = Decimal(raw_amount)
-    except InvalidOperation:
-        raise ValueError("amount is not a decimal string") from None
-    if not amount.is_finite():
-        raise ValueError("amount is not finite")
+    amount = _decimal(obj.get("amount"), "amount", strings_only=True)
     payload = obj.get("payload")
     if payload is not None and not isinstance(payload, str):
         raise ValueError("payload is not a string")
@@ -198,8 +188,23 @@ class Transfer:
     comment: str | None = None
 
 
-def _decimal(raw: Any, field: str) -> Decimal:
-    if isinstance(raw, bool) or not isinstance(raw, (str, int)):
+def _positive_int(obj: dict, field: str) -> int:
+    value = obj.get(field)
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"{field} is not a positive integer")
+    return value
+
+
+def _text(obj: dict, field: str) -> str:
+    value = obj.get(field)
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{field} is not a string")
+    return value
+
+
+def _decimal(raw: Any, field: str, strings_only: bool = False) -> Decimal:
+    """A finite decimal from a string (or, unless `strings_only`, an integer); ValueError if not."""
+    if isinstance(raw, bool) or not isinstance(raw, str if strings_only else (str, int)):
         raise ValueError(f"{field} is not a decimal string")
     try:
         value = Decimal(raw)
@@ -214,23 +219,15 @@ def parse_transfer(obj: Any) -> Transfer:
     """Validate a Transfer object; ValueError if malformed."""
     if not isinstance(obj, dict):
         raise ValueError("transfer is not an object")
-    transfer_id = obj.get("transfer_id")
-    if not isinstance(transfer_id, int) or isinstance(transfer_id, bool) or transfer_id <= 0:
-        raise ValueError("transfer_id is not a positive integer")
-    spend_id = obj.get("spend_id")
-    if not isinstance(spend_id, str) or not spend_id:
-        raise ValueError("spend_id is not a string")
+    transfer_id = _positive_int(obj, "transfer_id")
+    spend_id = _text(obj, "spend_id")
     user_id = obj.get("user_id")
     if isinstance(user_id, str) and user_id.isdigit():
         user_id = int(user_id)
     if not isinstance(user_id, int) or isinstance(user_id, bool):
         raise ValueError("user_id is not an integer")
-    asset = obj.get("asset")
-    if not isinstance(asset, str) or not asset:
-        raise ValueError("asset is not a string")
-    status = obj.get("status")
-    if not isinstance(status, str) or not status:
-        raise ValueError("status is not a string")
+    asset = _text(obj, "asset")
+    status = _text(obj, "status")
     completed_at = obj.get("completed_at")
     comment = obj.get("comment")
     return Transfer(
