@@ -88,7 +88,7 @@ def test_a_paid_gift_gives_the_buyer_a_link_not_time_and_the_database_keeps_no_u
     assert "gift_bought" in actions and "payment_applied" not in actions
 
 
-def test_the_link_gives_the_time_once_and_the_buyer_hears_who_took_it(bot, app, telegram, cryptopay):
+def test_the_link_gives_the_time_once_and_the_buyer_hears_it_was_taken(bot, app, telegram, cryptopay):
     apply(app, buy_gift(bot, app, cryptopay))
     Sender(app).run_once()
     token = the_link(telegram)

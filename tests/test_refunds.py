@@ -397,3 +397,39 @@ def test_when_telegram_refuses_to_cancel_the_renewal_the_members_own_cancel_stil
     press(bot, "renewal:cancel")
     assert len(telegram.called("editUserStarSubscription")) == 2 and telegram.star_subscriptions[charge]["canceled"]
     assert app.db.star_subscription(501)["canceled_at"] is not None
+
+
+def test_two_refunds_of_one_payment_at_once_from_two_processes_pay_once(app, make_app, cryptopay):
+    """The bot (an admin's button) and the command line refunding together: each process has its
+    own lock, so only the claim in the database and the spend_id keep the money from going twice."""
+    import threading
+
+    import refunds
+
+    other = make_app(PLANS="month:30d:5:USDT,stars:30d:250:XTR", REFERRAL_BONUS="7d")  # the other process
+    paid(app, cryptopay)
+    row = invoice_of(app)
+    barrier = threading.Barrier(2)
+    results = []
+
+    def refund(application, by):
+        barrier.wait()
+        results.append(refunds.run(application, row, by).status)
+
+    threads = [threading.Thread(target=refund, args=(a, by)) for a, by in ((app, "telegram:1"), (other, "cli"))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert sorted(results) == ["already", "done"], results
+    assert len(cryptopay.transfers) == 1 and cryptopay.balances["USDT"] == Decimal("995")
+    assert app.db.refund_of(row["id"])["status"] == "done"
+    assert [r["action"] for r in app.db.member_audit(501)].count("refunded") == 1
+
+
+@pytest.mark.parametrize("ref", ["x" * 500, "1 OR 1=1", "../../etc/passwd", "-1", "#", "９９"])
+def test_a_hostile_or_absurd_payment_reference_is_refused_and_changes_nothing(bot, app, telegram, cryptopay, ref):
+    paid(app, cryptopay)
+    text = ask(bot, telegram, ref)["text"]
+    assert text.startswith("There is no payment") or text.startswith("Usage: /refund PAYMENT"), text
+    assert len(text) < 400 and cryptopay.called("transfer") == [] and app.db.refund_of(invoice_of(app)["id"]) is None
