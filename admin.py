@@ -11,6 +11,7 @@ import codes
 import texts
 from config import MAX_DURATION, Config, DurationTooLong, parse_duration
 from db import AmbiguousMember, Database
+from views import deep_link
 
 SPARKS = "▁▂▃▄▅▆▇█"
 
@@ -62,7 +63,7 @@ def code_add(db: Database, config: Config, words: list[str], now: int, by: str, 
     except codes.CodeError as error:
         raise AdminError(error.key, **error.values) from None
     return texts.t(lang, "admin_code_added", code=spec.name, discount=codes.describe(spec),
-                   link=f"https://t.me/{bot_username or '<bot>'}?start=c-{spec.name}")
+                   link=deep_link(bot_username, "c", spec.name))
 
 
 def code_disable(db: Database, name: str, now: int, by: str, lang: str) -> str:
@@ -95,10 +96,12 @@ def gifts_text(lines: list[str], lang: str, room: int = 3500) -> str:
     if not lines:
         return texts.t(lang, "admin_no_gifts")
     shown: list[str] = []
+    used = 0
     for line in reversed(lines):
-        if sum(len(s) + 1 for s in shown) + len(line) > room:
+        if used + len(line) > room:
             break
         shown.insert(0, line)
+        used += len(line) + 1
     more = [f"… +{len(lines) - len(shown)}"] if len(shown) < len(lines) else []
     return texts.t(lang, "admin_gift_list", lines="\n".join(more + shown))
 

@@ -202,11 +202,16 @@ def attached(db: Database, user_id: int, now: int) -> sqlite3.Row | None:
     return db.code_by_id(member["code_id"])
 
 
+def too_many_tries(db: Database, user_id: int, now: int) -> bool:
+    """Whether the member has had their TRIES wrong codes or gift links within TRIES_WINDOW."""
+    return db.wrong_code_tries(user_id, now - TRIES_WINDOW) >= TRIES
+
+
 def apply(db: Database, user_id: int, name: str, now: int, how: str) -> str:
     """A member applies a code by name (`how`: "link" or "command"); the text key of the answer.
     Unknown, used-up, expired, disabled and not-for-you codes get the same answer, and a member
     gets TRIES wrong ones within TRIES_WINDOW."""
-    if db.wrong_code_tries(user_id, now - TRIES_WINDOW) >= TRIES:
+    if too_many_tries(db, user_id, now):
         return "code_too_many"
     code = db.code(name) if NAME_RE.fullmatch(name) else None
     if not usable(db, code, user_id, now):

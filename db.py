@@ -935,7 +935,11 @@ class Database:
 
     def resend_gift_links(self, user_id: int, now: int) -> int:
         """Queue again the links of gifts the member bought that could not be delivered (they had
-        blocked the bot, say); how many."""
+        blocked the bot, say); how many. Asked at every /start: a read first (the index of such
+        rows is tiny), a write only when there is one."""
+        if self.connect().execute("SELECT 1 FROM outbox WHERE chat_id = ? AND kind = 'gift_bought' "
+                                  "AND status = 'failed' LIMIT 1", (user_id,)).fetchone() is None:
+            return 0
         with self.transaction() as tx:
             return tx.execute(
                 """UPDATE outbox SET status = 'pending', next_attempt_at = ?, done_at = NULL, attempts = 0

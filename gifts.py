@@ -22,7 +22,7 @@ from db import GIFT_SHORT_ID as SHORT_ID
 from db import GIFT_TOKEN_LENGTH as TOKEN_LENGTH
 from db import Database, random_code
 from db import gift_token_hash as token_hash
-from views import gift_link
+from views import deep_link
 
 MAX_COUNT = 10_000
 TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{43}")  # "-" and "_": links made before tokens were letters and digits
@@ -49,16 +49,12 @@ def make(config: Config, plan_id: str, count: int) -> tuple[Plan, list[tuple[str
     return plan, list(made.values())
 
 
-def store(db: Database, plan: Plan, made: list[tuple[str, str]], now: int, by: str) -> None:
-    """Make the links work: their hashes in the database, all or none."""
-    db.add_gifts([(token_hash(token), short_id) for token, short_id in made], plan.id, plan.duration, now, by)
-
-
-def create(db: Database, config: Config, plan_id: str, count: int, now: int, by: str) -> list[tuple[str, str]]:
-    """Make and store `count` links for the plan's time; (token, short id) for each."""
-    plan, made = make(config, plan_id, count)
-    store(db, plan, made, now, by)
-    return made
+def store(db: Database, plan: Plan, made: list[tuple[str, str]], now: int, by: str,
+          command_key: str | None = None, ready: bool = True) -> bool:
+    """The links' hashes in the database, all or none (not working until ready, if not `ready`);
+    False, storing none, when the command `command_key` was carried out before."""
+    return db.add_gifts([(token_hash(token), short_id) for token, short_id in made], plan.id, plan.duration,
+                        now, by, command_key, ready)
 
 
 def write_csv(stream: TextIO, made: list[tuple[str, str]], plan_id: str, now: int,
@@ -68,7 +64,7 @@ def write_csv(stream: TextIO, made: list[tuple[str, str]], plan_id: str, now: in
     writer.writerow(HEADER)
     created = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     for token, short_id in made:
-        writer.writerow((gift_link(bot_username, token), short_id, plan_id, created))
+        writer.writerow((deep_link(bot_username, "g", token), short_id, plan_id, created))
     return len(made)
 
 
@@ -81,7 +77,7 @@ def redeem(db: Database, user_id: int, token: str, now: int) -> tuple[str, int |
     """A member opened a gift link: the text key of the answer, and the time given (or None).
     Unknown and malformed tokens get one answer and count as wrong tries; a link used before
     (by anyone) gets another."""
-    if db.wrong_code_tries(user_id, now - codes.TRIES_WINDOW) >= codes.TRIES:
+    if codes.too_many_tries(db, user_id, now):
         return "code_too_many", None
     result, duration = db.redeem_gift(token_hash(token), user_id, now) if TOKEN_RE.fullmatch(token) \
         else ("unknown", None)
@@ -102,8 +98,7 @@ def send_and_store(db: Database, config: Config, plan_id: str, count: int, now: 
         db.gift_batch_ready(command_key)  # stored, then the process was stopped: its file may have been sent
         return False
     plan, made = make(config, plan_id, count)
-    if not db.add_gifts([(token_hash(token), short_id) for token, short_id in made], plan.id, plan.duration,
-                        now, by, command_key, ready=False):
+    if not store(db, plan, made, now, by, command_key, ready=False):
         return False
     buffer = io.StringIO()
     write_csv(buffer, made, plan.id, now, bot_username)

@@ -23,7 +23,7 @@ from db import PRIORITY_NOW
 from kinds import Kind
 from payments import buy, check, club_name
 from runtime import App
-from views import GIFT_MENU, plan_title, plans_keyboard, referral_link
+from views import GIFT_MENU, deep_link, plan_title, plans_keyboard
 
 log = logging.getLogger("clubbot.bot")
 
@@ -50,16 +50,23 @@ def on_start(app: App, message: types.Message) -> None:
         note, given = opener(app, message.from_user.id, parameter[2:], lang)
     elif parameter and not START_PARAMETER.fullmatch(parameter):
         note = texts.t(lang, "link_invalid")  # one of others' own (an ad's tag, say) is only a /start
-    resent = app.db.resend_gift_links(message.from_user.id, app.now())  # a buyer back after blocking the bot
-    if resent:
-        note = "\n\n".join(filter(None, (note, texts.t(lang, "gift_resent"))))
-    active = _menu(app, message, lang, note)
+    resent = _resend_gifts(app, message.from_user.id, lang)  # a buyer back after blocking the bot
+    active = _menu(app, message, lang, "\n\n".join(filter(None, (note, resent))) or None)
     if active and not given:
         # The way in, again: the sender approves a waiting request or sends the links. (Time
         # given just now brings it with its own message.)
         queue_way_in(app, message.from_user.id, app.now())
-    if active or given or resent:
+    if active or given:
         app.wake_sender()
+
+
+def _resend_gifts(app: App, user_id: int, lang: str) -> str | None:
+    """Gift links the member bought that could not be delivered (they had blocked the bot) are
+    queued again: the note that says so, or None when there were none."""
+    if not app.db.resend_gift_links(user_id, app.now()):
+        return None
+    app.wake_sender()
+    return texts.t(lang, "gift_resent")
 
 
 def _start_parameter(text: str | None) -> str:
@@ -162,10 +169,7 @@ def _gift_menu(app: App, user_id: int, lang: str) -> None:
     if not any(not plan.is_trial for plan in app.config.plans):
         _reply(app, user_id, texts.t(lang, "gift_no_plans"))
         return
-    text = texts.t(lang, "gift_choose")
-    if app.db.resend_gift_links(user_id, app.now()):
-        text += "\n\n" + texts.t(lang, "gift_resent")
-        app.wake_sender()
+    text = "\n\n".join(filter(None, (texts.t(lang, "gift_choose"), _resend_gifts(app, user_id, lang))))
     bought = app.db.gifts(bought_by=user_id)
     if bought:
         lines = [texts.t(lang, "gift_line_taken" if g["redeemed_at"] else "gift_line_waiting", gift=g["short_id"],
@@ -198,7 +202,7 @@ def on_status(app: App, message: types.Message) -> None:
         count, earned = app.db.referral_earnings(message.from_user.id)
         text += "\n\n" + texts.t(lang, "referral_status", bonus=texts.duration_text(bonus, lang), count=count,
                                     earned=texts.duration_text(earned, lang) if earned else "0",
-                                    link=referral_link(app.bot_username, app.db.member_ref(message.from_user.id)))
+                                    link=deep_link(app.bot_username, "r", app.db.member_ref(message.from_user.id)))
     _reply(app, message.chat.id, text, reply_markup=keyboard)
 
 

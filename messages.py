@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import texts
 from access import let_in, lift_our_bans
 from tg import classify, learn_bot
-from views import chat_name, gift_link, member_language, plan_title, plans_keyboard
+from views import chat_name, deep_link, member_language, plan_title, plans_keyboard
 
 if TYPE_CHECKING:
     from outbox import Context
@@ -68,7 +68,7 @@ def gift_bought(ctx: Context, user_id: int, payload: dict) -> None:
     title = plan_title(plan, lang) if plan else texts.duration_text(payload["duration"], lang)
     ctx.send(user_id, texts.t(lang, "gift_bought", title=title,
                               duration=texts.duration_text(payload["duration"], lang),
-                              link=gift_link(ctx.app.bot_username, payload["token"])))
+                              link=deep_link(ctx.app.bot_username, "g", payload["token"])))
 
 
 def gift_redeemed(ctx: Context, user_id: int, payload: dict) -> None:

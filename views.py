@@ -48,12 +48,9 @@ def plans_keyboard(app: App, lang: str, renew: bool, user_id: int | None = None,
 GIFT_MENU = "gifts"  # the callback of the button that shows the plans to give
 
 
-def gift_link(bot_username: str | None, token: str) -> str:
-    return f"https://t.me/{bot_username or '<bot>'}?start=g-{token}"
-
-
-def referral_link(bot_username: str | None, ref: str) -> str:
-    return f"https://t.me/{bot_username or '<bot>'}?start=r-{ref}"
+def deep_link(bot_username: str | None, kind: str, value: str) -> str:
+    """t.me/<bot>?start=<kind>-<value>: a discount code (c), gift link (g) or invitation (r)."""
+    return f"https://t.me/{bot_username or '<bot>'}?start={kind}-{value}"
 
 
 def chat_name(app: App, chat_id: int, lang: str) -> str:

@@ -15,6 +15,7 @@ from conftest import ADMIN, CLUB_CHAT, START
 from fakes import chat_member
 from telebot import types
 
+import gifts
 from cryptopay import parse_invoice
 from db import extend_subscription
 from payments import buy
@@ -168,3 +169,10 @@ def audit_rows(database, user_id: int | None = None) -> list:
     if user_id is None:
         return database.connect().execute("SELECT * FROM audit ORDER BY id").fetchall()
     return database.connect().execute("SELECT * FROM audit WHERE user_id = ? ORDER BY id", (user_id,)).fetchall()
+
+
+def gift_links(app, plan: str = "month", count: int = 1) -> list[tuple[str, str]]:
+    """`count` gift links for `plan`, made and stored as `gift create` makes them: (token, short id) each."""
+    made_for, made = gifts.make(app.config, plan, count)
+    gifts.store(app.db, made_for, made, app.now(), "test")
+    return made

@@ -9,7 +9,7 @@ import re
 import pytest
 import test_codes
 import test_concurrent_payments
-from builders import audit_rows, buttons, command, member_with_time, press
+from builders import audit_rows, buttons, command, gift_links, member_with_time, press
 from conftest import ADMIN
 
 import admin
@@ -241,7 +241,7 @@ def test_a_batch_whose_file_was_sent_right_before_a_kill_works_when_the_command_
 
 
 def test_the_gift_list_fits_in_one_message_however_many_links_were_redeemed(app):
-    for number, token in enumerate(t for t, _ in gifts.create(app.db, app.config, "month", 80, app.now(), "test")):
+    for number, token in enumerate(t for t, _ in gift_links(app, "month", 80)):
         app.db.upsert_member(600 + number, "u" * 32, "Member", "en", app.now())
         gifts.redeem(app.db, 600 + number, token, app.now())
     text = admin.gifts_text(gifts.list_lines(app.db), "en")

@@ -7,7 +7,7 @@ import re
 import pytest
 import test_codes
 import test_concurrent_payments
-from builders import audit_rows, command
+from builders import audit_rows, command, gift_links
 from test_admin import run_cli
 
 import admin
@@ -24,7 +24,7 @@ last_text = test_codes.last_text
 
 
 def make(app, count: int = 1, plan: str = "month") -> list[str]:
-    return [token for token, _ in gifts.create(app.db, app.config, plan, count, app.now(), "test")]
+    return [token for token, _ in gift_links(app, plan, count)]
 
 
 def redeemed(app) -> int:
@@ -64,7 +64,7 @@ def test_create_prints_the_links_without_out(env, tmp_path, app):
     ("month", 0, "--count 0"), ("month", 10_001, "--count 10001"), ("week", 1, "--plan week: no such plan")])
 def test_create_refuses_a_wrong_count_or_plan_and_makes_nothing(app, plan, count, refused):
     with pytest.raises(gifts.GiftError, match=refused):
-        gifts.create(app.db, app.config, plan, count, app.now(), "test")
+        gift_links(app, plan, count)
     assert app.db.gifts() == []
 
 
@@ -143,7 +143,7 @@ def test_stats_count_the_links_made_and_redeemed(app, bot):
 
 
 def test_the_csv_has_one_row_a_link(app):
-    made = gifts.create(app.db, app.config, "year", 3, app.now(), "test")
+    made = gift_links(app, "year", 3)
     stream = io.StringIO()
     assert gifts.write_csv(stream, made, "year", app.now(), "club_test_bot") == 3
     rows = list(csv.reader(stream.getvalue().splitlines()))

@@ -7,12 +7,11 @@ import re
 
 import pytest
 import test_concurrent_payments
-from builders import audit_rows, command, member_with_time, paid, paid_invoice, press
+from builders import audit_rows, command, gift_links, member_with_time, paid, paid_invoice, press
 from conftest import ADMIN
 from test_admin import run_cli
 
 import admin
-import gifts
 from cryptopay import parse_invoice
 from db import Outcome
 from handlers import register_handlers
@@ -119,7 +118,7 @@ def test_someone_who_already_had_time_is_not_attributed(bot, app, telegram, cryp
     elif before == "grant":
         admin.grant(app.db, "502", "1d", app.now(), "test", "en")
     else:
-        [(token, _)] = gifts.create(app.db, app.config, "month", 1, app.now(), "test")
+        [(token, _)] = gift_links(app, "month", 1)
         command(bot, f"/start g-{token}", user_id=502)
     app.clock.advance(400 * DAY)  # long gone since: still no new member
     arrive(bot, 502, ref)
@@ -213,7 +212,7 @@ def test_gifts_and_trials_do_not_earn_and_do_not_count_as_the_first_payment(bot,
     press(bot, "gift:month", user_id=502)  # a gift bought and paid: no bonus
     [invoice] = [row for row in app.db.member_invoices(502) if row["gift"]]
     app.db.apply_invoice(parse_invoice(cryptopay.pay(invoice["invoice_id"])), "webhook", app.now(), frozenset(), BONUS)
-    [(token, _)] = gifts.create(app.db, app.config, "month", 1, app.now(), "test")
+    [(token, _)] = gift_links(app, "month", 1)
     command(bot, f"/start g-{token}", user_id=502)  # a gift link redeemed: no bonus
     assert bonuses(app) == [] and app.db.expires_at(501) == until
     paid(app, cryptopay, user_id=502)  # their first own payment
