@@ -31,7 +31,7 @@ import config as config_module
 import files
 from config import Config, ConfigError
 from cryptopay import CryptoPay, CryptoPayError, signature
-from runtime import App, WrongNetwork, build_app, setup_logging
+from runtime import App, WrongNetwork, build_app, setup_logging, wrong_network
 
 if TYPE_CHECKING:
     from updates import UpdatePoller
@@ -282,8 +282,7 @@ def _check_heartbeats(config: Config, report: Callable[[bool, str], None]) -> No
     finally:
         database.close()
     if network is not None and network != config.crypto_pay_network:
-        report(False, f"database {config.database_path} holds {network} payments and CRYPTO_PAY_NETWORK is "
-                      f"{config.crypto_pay_network}: give each network a database of its own (DATABASE_PATH)")
+        report(False, wrong_network(config, network))
     if not beats:
         print("note  no running bot found (it writes signs of life to the database while it runs)")
     for beat in beats:

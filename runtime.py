@@ -202,6 +202,13 @@ class WrongNetwork(Exception):
     """The database holds the other Crypto Pay network's payments."""
 
 
+def wrong_network(config: Config, held: str) -> str:
+    """Why a database holding `held` payments is not used with the configured network."""
+    return (f"the database {config.database_path} holds {held} payments and CRYPTO_PAY_NETWORK is "
+            f"{config.crypto_pay_network}: give each network a database of its own (DATABASE_PATH, e.g. "
+            f"data/clubbot-{config.crypto_pay_network}.db), so that test payments never count as revenue")
+
+
 def build_app(config: Config, clock: Clock | None = None) -> App:
     """Open (and migrate) the database and make the Crypto Pay client. Raises WrongNetwork
     when the database's payments are on the other network: testnet and mainnet never share
@@ -211,10 +218,7 @@ def build_app(config: Config, clock: Clock | None = None) -> App:
     network = database.claim_network(config.crypto_pay_network)
     if network != config.crypto_pay_network:
         database.close()
-        raise WrongNetwork(
-            f"the database {config.database_path} holds {network} payments and CRYPTO_PAY_NETWORK is "
-            f"{config.crypto_pay_network}: give each network a database of its own (DATABASE_PATH, e.g. "
-            f"data/clubbot-{config.crypto_pay_network}.db), so that test payments never count as revenue")
+        raise WrongNetwork(wrong_network(config, network))
     return App(
         config=config,
         db=database,
