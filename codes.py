@@ -184,12 +184,10 @@ def state(code: sqlite3.Row, now: int) -> str:
     return "active"
 
 
-def usable(db: Database, code: sqlite3.Row | None, user_id: int, now: int, plan: Plan | None = None) -> bool:
-    """May this member make an invoice with this code now (for `plan`, if given)? The limit and
-    the window are checked here, when an invoice is made, never when it is paid."""
+def usable(db: Database, code: sqlite3.Row | None, user_id: int, now: int) -> bool:
+    """May this member make an invoice with this code now (whether it covers a plan is covers')?
+    The limit and the window are checked here, when an invoice is made, never when it is paid."""
     if code is None or state(code, now) != "active":
-        return False
-    if plan is not None and not covers(code, plan):
         return False
     return not (code["first_only"] and db.has_paid(user_id))
 

@@ -374,8 +374,8 @@ class CryptoPay:
                 raise CryptoPayError("getBalance", "BAD_RESPONSE", 200, f"{code}: {exc}") from None
         return balances
 
-    def transfer(self, user_id: int, asset: str, amount: Decimal, spend_id: str, comment: str | None = None,
-                 disable_send_notification: bool | None = None) -> Transfer:
+    def transfer(self, user_id: int, asset: str, amount: Decimal, spend_id: str,
+                 comment: str | None = None) -> Transfer:
         """Send `amount` of `asset` from the app's balance to a Telegram user (transfer).
 
         `spend_id` makes the call idempotent: Crypto Pay accepts a spend_id once, so a retry
@@ -389,7 +389,6 @@ class CryptoPay:
         result = self.call(
             "transfer", user_id=user_id, asset=asset, amount=format(amount, "f"), spend_id=spend_id,
             comment=comment[:MAX_TRANSFER_COMMENT] if comment else None,
-            disable_send_notification=disable_send_notification,
         )
         try:
             return parse_transfer(result)

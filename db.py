@@ -399,21 +399,21 @@ class Database:
             status = "paid" if ok else "mismatch"
             subscription = _star_subscription_of(tx, paid)
             if row["status"] == "pending" and row["user_id"] == paid.user_id:
-                tx.execute("UPDATE invoices SET status = ?, charge_id = ?, paid_at = ?, paid_asset = ?, "
-                           "paid_amount = ?, applied_by = ? WHERE id = ?",
-                           (status, paid.charge_id, now, paid.currency, str(paid.amount), cause, row["id"]))
+                row = tx.execute("UPDATE invoices SET status = ?, charge_id = ?, paid_at = ?, paid_asset = ?, "
+                                 "paid_amount = ?, applied_by = ? WHERE id = ? RETURNING *",
+                                 (status, paid.charge_id, now, paid.currency, str(paid.amount), cause,
+                                  row["id"])).fetchone()
             else:  # a renewal, or (against pre-checkout's answer) an invoice paid by someone else
                 first = None if subscription is None else tx.execute(
                     "SELECT id FROM invoices WHERE charge_id = ?", (subscription["charge_id"],)).fetchone()
-                tx.execute(
+                row = tx.execute(
                     """INSERT INTO invoices (payment_uuid, user_id, plan_id, duration, amount, currency, currency_type,
                                              status, created_at, expires_at, paid_at, paid_asset, paid_amount,
                                              applied_by, charge_id, renewal_of, gift)
-                       VALUES (?, ?, ?, ?, ?, ?, 'stars', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                       VALUES (?, ?, ?, ?, ?, ?, 'stars', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *""",
                     (str(uuid.uuid4()), paid.user_id, row["plan_id"], row["duration"], row["amount"], row["currency"],
                      status, now, now, now, paid.currency, str(paid.amount), cause, paid.charge_id,
-                     None if first is None else first["id"], row["gift"]))
-            row = tx.execute("SELECT * FROM invoices WHERE charge_id = ?", (paid.charge_id,)).fetchone()
+                     None if first is None else first["id"], row["gift"])).fetchone()
             detail = {"payment_uuid": row["payment_uuid"], "plan": row["plan_id"], "charge_id": paid.charge_id,
                       "asked": f"{row['amount']} {row['currency']}", "paid": f"{paid.amount} {paid.currency}",
                       "renewal": row["renewal_of"] is not None}
@@ -705,8 +705,7 @@ class Database:
             if latest is not None and max(now, _expiry(tx, user_id) or now) + duration > latest:
                 return None
             claim_command(tx, command_key, now)
-            tx.execute("INSERT INTO members (user_id, uuid, created_at) VALUES (?, ?, ?) "
-                       "ON CONFLICT (user_id) DO NOTHING", (user_id, str(uuid.uuid4()), now))
+            _ensure_member(tx, user_id, now)
             new_expiry = extend_subscription(tx, user_id, duration, now)
             _audit(tx, now, user_id, "granted", "admin", detail={"duration": duration, "by": by,
                                                                  "expires_at": new_expiry})
@@ -819,19 +818,18 @@ class Database:
 
     def code(self, name: str) -> sqlite3.Row | None:
         """A code by name (any case), with its uses so far."""
-        return self.connect().execute(
-            "SELECT c.*, (SELECT count(*) FROM code_uses u WHERE u.code_id = c.id) AS uses "
-            "FROM codes c WHERE c.name = ?", (name,)).fetchone()
+        return self._codes("WHERE c.name = ?", name).fetchone()
 
     def code_by_id(self, code_id: int) -> sqlite3.Row | None:
-        return self.connect().execute(
-            "SELECT c.*, (SELECT count(*) FROM code_uses u WHERE u.code_id = c.id) AS uses "
-            "FROM codes c WHERE c.id = ?", (code_id,)).fetchone()
+        return self._codes("WHERE c.id = ?", code_id).fetchone()
 
     def codes(self) -> list[sqlite3.Row]:
+        return self._codes("ORDER BY c.id").fetchall()
+
+    def _codes(self, rest: str, *args: object) -> sqlite3.Cursor:
+        """Codes with their uses so far (`uses`), as `rest` (a WHERE or ORDER BY) picks them."""
         return self.connect().execute(
-            "SELECT c.*, (SELECT count(*) FROM code_uses u WHERE u.code_id = c.id) AS uses "
-            "FROM codes c ORDER BY c.id").fetchall()
+            f"SELECT c.*, (SELECT count(*) FROM code_uses u WHERE u.code_id = c.id) AS uses FROM codes c {rest}", args)
 
     def code_revenue(self) -> dict[int, dict[str, Decimal]]:
         """Per code, what its applied payments brought, per currency (the discounted prices)."""
@@ -901,8 +899,7 @@ class Database:
             if tx.execute("UPDATE gifts SET redeemed_by = ?, redeemed_at = ? WHERE token_hash = ? "
                           "AND redeemed_at IS NULL", (user_id, now, token_hash)).rowcount != 1:
                 return "used", None
-            tx.execute("INSERT INTO members (user_id, uuid, created_at) VALUES (?, ?, ?) "
-                       "ON CONFLICT (user_id) DO NOTHING", (user_id, str(uuid.uuid4()), now))
+            _ensure_member(tx, user_id, now)
             new_expiry = extend_subscription(tx, user_id, gift["duration"], now)
             _audit(tx, now, user_id, "gift_redeemed", "link", detail={
                 "gift": gift["short_id"], "plan": gift["plan_id"], "duration": gift["duration"],
@@ -1012,10 +1009,10 @@ class Database:
         return self.connect().execute("SELECT * FROM refunds WHERE invoice_row = ?", (invoice_row,)).fetchone()
 
     def start_refund(self, invoice_row: int, method: str, asset: str, amount: Decimal, spend_id: str | None,
-                     by: str, now: int) -> sqlite3.Row:
+                     by: str, now: int) -> bool:
         """Claim a payment's refund before the money is asked to go back: a new one, or one refused
-        before, is now 'sending'; one 'sending' (a retry after a kill) or 'done' stays as it is.
-        The refund's row, as it now stands."""
+        before, is now 'sending' (True); one 'sending' (a retry after a kill) or 'done' stays as
+        it is (False)."""
         with self.transaction() as tx:
             changed = tx.execute(
                 """INSERT INTO refunds (invoice_row, status, method, asset, amount, spend_id, by, started_at)
@@ -1027,7 +1024,7 @@ class Database:
                 user = tx.execute("SELECT user_id FROM invoices WHERE id = ?", (invoice_row,)).fetchone()
                 _audit(tx, now, user["user_id"], "refund_started", by,
                        detail={"invoice_row": invoice_row, "method": method, "amount": f"{amount} {asset}"})
-            return tx.execute("SELECT * FROM refunds WHERE invoice_row = ?", (invoice_row,)).fetchone()
+            return bool(changed)
 
     def refund_refused(self, invoice_row: int, error: str, now: int) -> None:
         """Telegram or Crypto Pay refused the refund: nothing went back; it may be tried again."""
@@ -1039,12 +1036,12 @@ class Database:
                 _audit(tx, now, user["user_id"], "refund_refused", row["by"],
                        detail={"invoice_row": invoice_row, "error": error[:500]})
 
-    def finish_refund(self, invoice_row: int, now: int, transfer_id: int | None = None) -> int | None:
+    def finish_refund(self, invoice_row: int, now: int, transfer_id: int | None = None) -> RefundDone | None:
         """The money went back: in one transaction, the refund is done, the payment marked
         refunded, and the time it bought taken back (never more than is left; the member is
         removed if nothing is), from the member, from whoever took a gift it bought, and a
-        referral bonus it earned from the referrer. The time taken from the member, or None
-        when the refund was finished before."""
+        referral bonus it earned from the referrer. What was taken from whom, or None when the
+        refund was finished before."""
         with self.transaction() as tx:
             refund = tx.execute("UPDATE refunds SET status = 'done', done_at = ?, transfer_id = ? "
                                 "WHERE invoice_row = ? AND status = 'sending' RETURNING *",
@@ -1053,7 +1050,8 @@ class Database:
                 return None
             row = tx.execute("UPDATE invoices SET status = 'refunded' WHERE id = ? RETURNING *",
                              (invoice_row,)).fetchone()
-            taken, holder = _refund_time(tx, row, now)
+            done = _refund_time(tx, row, now)
+            taken, holder = done.taken, done.holder
             tx.execute("UPDATE refunds SET time_taken = ? WHERE invoice_row = ?", (taken, invoice_row))
             _audit(tx, now, row["user_id"], "refunded", refund["by"], row["invoice_id"], {
                 "payment_uuid": row["payment_uuid"], "charge_id": row["charge_id"], "method": refund["method"],
@@ -1062,7 +1060,7 @@ class Database:
             enqueue(tx, Kind.REFUNDED, row["user_id"], {"amount": refund["amount"], "asset": refund["asset"],
                     "time_taken": taken, "gift": bool(row["gift"])}, now, PRIORITY_NOW,
                     dedupe_key=f"refunded:{invoice_row}")
-            return taken
+            return done
 
     # --- referrals ---
 
@@ -1097,14 +1095,13 @@ class Database:
             me = tx.execute("SELECT referred_by FROM members WHERE user_id = ?", (user_id,)).fetchone()
             if me is not None and me["referred_by"] is not None:
                 return "already"
+            # (has_paid reads on this thread's connection: inside this transaction)
             if tx.execute("SELECT 1 FROM subscriptions WHERE user_id = ?", (user_id,)).fetchone() or \
-                    tx.execute("SELECT 1 FROM invoices WHERE user_id = ? AND status = 'paid' LIMIT 1",
-                               (user_id,)).fetchone():
+                    self.has_paid(user_id):
                 return "member"
             if _refers_back(tx, referrer_id, user_id):
                 return "loop"
-            tx.execute("INSERT INTO members (user_id, uuid, created_at) VALUES (?, ?, ?) "
-                       "ON CONFLICT (user_id) DO NOTHING", (user_id, str(uuid.uuid4()), now))
+            _ensure_member(tx, user_id, now)
             tx.execute("UPDATE members SET referred_by = ?, referred_at = ? WHERE user_id = ? AND referred_by IS NULL",
                        (referrer_id, now, user_id))
             _audit(tx, now, user_id, "referred", "link", detail={"referrer": referrer_id})
@@ -1338,6 +1335,16 @@ class Outcome(Enum):
 
 
 @dataclass(frozen=True)
+class RefundDone:
+    """What a finished refund took back: the time, from whom (None: a gift no one took), and
+    whether that left them without time (they are being removed)."""
+
+    taken: int
+    holder: int | None
+    removed: bool
+
+
+@dataclass(frozen=True)
 class StarPayment:
     """A Telegram Stars payment, as successful_payment or getStarTransactions tells it."""
 
@@ -1401,6 +1408,12 @@ def extend_subscription(tx: sqlite3.Connection, user_id: int, duration: int, now
            RETURNING expires_at""",
         (user_id, now, duration, now if start is None else start),
     ).fetchone()[0]
+
+
+def _ensure_member(tx: sqlite3.Connection, user_id: int, now: int) -> None:
+    """A member row for someone given time or attributed before they wrote to the bot."""
+    tx.execute("INSERT INTO members (user_id, uuid, created_at) VALUES (?, ?, ?) ON CONFLICT (user_id) DO NOTHING",
+               (user_id, str(uuid.uuid4()), now))
 
 
 def _wrong_try(tx: sqlite3.Connection, user_id: int, now: int, forget_before: int) -> None:
@@ -1539,8 +1552,8 @@ def _note_star_subscription(tx: sqlite3.Connection, paid: StarPayment, subscript
                (paid.renews_at, now, subscription["charge_id"]))
 
 
-def _refund_time(tx: sqlite3.Connection, row: sqlite3.Row, now: int) -> tuple[int, int | None]:
-    """Take back what a refunded payment gave: (the time taken, from whom). A gift not yet taken
+def _refund_time(tx: sqlite3.Connection, row: sqlite3.Row, now: int) -> RefundDone:
+    """Take back what a refunded payment gave: the time taken, from whom. A gift not yet taken
     stops working; one taken loses its time from whoever took it. A referral bonus the payment
     earned is taken back from the referrer as well. Each only as far as it is still ahead."""
     holder, given = row["user_id"], ("payment_applied", "payment_uuid", row["payment_uuid"])
@@ -1549,17 +1562,17 @@ def _refund_time(tx: sqlite3.Connection, row: sqlite3.Row, now: int) -> tuple[in
                           (row["id"],)).fetchone()
         holder = None if gift is None else gift["redeemed_by"]
         given = ("gift_redeemed", "gift", None if gift is None else gift["short_id"])
-    taken = 0 if holder is None else take_back(tx, holder, now, "refund",
-                                               _still_ahead(tx, holder, row["duration"], now, *given))
+    taken, removed = (0, False) if holder is None else take_back(
+        tx, holder, now, "refund", _still_ahead(tx, holder, row["duration"], now, *given))
     bonus = tx.execute("UPDATE referral_bonuses SET taken_back_at = ? WHERE invoice_row = ? AND taken_back_at IS NULL "
                        "RETURNING referrer_id, duration", (now, row["id"])).fetchone()
     if bonus is not None and bonus["duration"]:
         ahead = _still_ahead(tx, bonus["referrer_id"], bonus["duration"], now, "referral_bonus", "referred",
                              row["user_id"])
-        back = take_back(tx, bonus["referrer_id"], now, "refund", ahead)
+        back, _ = take_back(tx, bonus["referrer_id"], now, "refund", ahead)
         _audit(tx, now, bonus["referrer_id"], "referral_bonus_taken_back", "refund", row["invoice_id"],
                {"referred": row["user_id"], "duration": bonus["duration"], "taken": back})
-    return taken, holder
+    return RefundDone(taken, holder, removed)
 
 
 # What gives a member time (their audit record's action); each stacks after the time they have.
@@ -1604,24 +1617,24 @@ def _standing(tx: sqlite3.Connection, user_id: int, action: str, detail: dict[st
     return int(detail.get("duration", 0))  # a grant; a trial (its record says since this version)
 
 
-def take_back(tx: sqlite3.Connection, user_id: int, now: int, why: str, amount: int) -> int:
+def take_back(tx: sqlite3.Connection, user_id: int, now: int, why: str, amount: int) -> tuple[int, bool]:
     """Take up to `amount` off a member's time, never more than is left; with nothing left, the
-    member is removed now (no grace period). The time taken."""
+    member is removed now (no grace period). The time taken, and whether they are removed."""
     sub = tx.execute("SELECT expires_at, revoked_at FROM subscriptions WHERE user_id = ?", (user_id,)).fetchone()
     if sub is None or sub["revoked_at"] is not None or sub["expires_at"] <= now:
-        return 0
+        return 0, False
     taken = min(amount, sub["expires_at"] - now)
     if taken <= 0:
-        return 0
+        return 0, False
     if sub["expires_at"] - taken > now:
         tx.execute("UPDATE subscriptions SET expires_at = ?, updated_at = ? WHERE user_id = ?",
                    (sub["expires_at"] - taken, now, user_id))
-        return taken
+        return taken, False
     tx.execute("UPDATE subscriptions SET expires_at = ?, removed_for = ?, updated_at = ? WHERE user_id = ?",
                (now, now, now, user_id))
     enqueue(tx, Kind.EXPIRE, user_id, {"expires_at": now, why: True}, now, PRIORITY_NOW,
             dedupe_key=f"{why}:{user_id}:{now}")
-    return taken
+    return taken, True
 
 
 class CodeTaken(Exception):

@@ -559,7 +559,7 @@ def on_refund_button(app: App, call: types.CallbackQuery) -> None:
     if call.data == refunds.CANCEL:
         text = texts.t(lang, "refund_canceled")
     else:
-        row = refunds.by_uuid(app, call.data.removeprefix(refunds.BUTTON_PREFIX))
+        row = app.db.invoice_by_uuid(call.data.removeprefix(refunds.BUTTON_PREFIX))
         if row is None:
             text = texts.t(lang, "refund_unknown", payment="?")
         else:

@@ -139,7 +139,7 @@ def buy(app: App, user_id: int, plan: Plan, plan_title: str, gift: bool = False)
     code = codes.attached(app.db, user_id, now)
     if code is not None and not codes.covers(code, plan, gift):
         code = None  # not for this plan: its price is shown without a discount
-    if code is not None and not codes.usable(app.db, code, user_id, now, plan):
+    if code is not None and not codes.usable(app.db, code, user_id, now):
         return _code_refused(app, user_id, code, plan, now)
     amount = plan.amount if code is None else codes.price_for(plan, code)
     code_id = None if code is None else code["id"]

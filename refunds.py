@@ -61,10 +61,6 @@ def find(app: App, ref: str) -> sqlite3.Row:
     return row
 
 
-def by_uuid(app: App, payment_uuid: str) -> sqlite3.Row | None:
-    return app.db.invoice_by_uuid(payment_uuid) if payment_uuid else None
-
-
 def _refundable(app: App, row: sqlite3.Row) -> None:
     refund = app.db.refund_of(row["id"])
     if row["status"] == "refunded" or (refund is not None and refund["status"] == "done"):
@@ -126,12 +122,10 @@ def run(app: App, row: sqlite3.Row, by: str) -> Result:
             _refundable(app, row)
         except AdminError as error:
             return Result("already" if error.key == "refund_already" else "not_paid", row)
-        before = app.db.refund_of(row["id"])
-        retry = before is not None and before["status"] == "sending"  # killed after asking, maybe
         stars = row["currency_type"] == "stars"
         claim = (row["id"], "stars" if stars else "transfer", row["paid_asset"], _amount(row),
                  None if stars else spend_id(row), by)
-        app.db.start_refund(*claim, app.now())
+        retry = not app.db.start_refund(*claim, app.now())  # under way already: killed after asking, maybe
         log.info("refund of %s (member %s, %s) started by %s%s", payment_name(row, "en"), row["user_id"],
                  refund_price(row), by, " again" if retry else "")
         sent = _send_stars(app, row) if stars else _send_transfer(app, row, retry)
@@ -195,31 +189,20 @@ def _send_stars(app: App, row: sqlite3.Row) -> None | Result:
 
 def _finish(app: App, row: sqlite3.Row, claim: tuple, transfer_id: int | None) -> Result:
     """The money went back: the refund is finished and the time taken back, once."""
-    holder = _holder(app, row)
-    had_time = holder is not None and (app.db.expires_at(holder) or 0) > app.now()
-    taken = app.db.finish_refund(row["id"], app.now(), transfer_id)
-    if taken is None and app.db.refund_of(row["id"])["status"] == "failed":
+    done = app.db.finish_refund(row["id"], app.now(), transfer_id)
+    if done is None and app.db.refund_of(row["id"])["status"] == "failed":
         # Another process's refusal came in between (its balance read after this transfer): the
         # money went all the same, so the refund is claimed again and finished.
         app.db.start_refund(*claim, app.now())
-        taken = app.db.finish_refund(row["id"], app.now(), transfer_id)
-    if taken is None:
+        done = app.db.finish_refund(row["id"], app.now(), transfer_id)
+    if done is None:
         return Result("already", row)
     app.wake_sender()
     if row["currency_type"] == "stars":
         _stop_renewal(app, row)
-    removed = had_time and (app.db.expires_at(holder) or 0) <= app.now()
-    log.info("refund of %s done: %s s taken back from %s%s", payment_name(row, "en"), taken, holder,
-             ", who is being removed" if removed else "")
-    return Result("done", row, taken=taken, removed=removed)
-
-
-def _holder(app: App, row: sqlite3.Row) -> int | None:
-    """Whose time the payment gave: the member's, or for a gift whoever took it (None: no one yet)."""
-    if not row["gift"]:
-        return row["user_id"]
-    gift = app.db.bought_gift(row["id"])
-    return None if gift is None else gift["redeemed_by"]
+    log.info("refund of %s done: %s s taken back from %s%s", payment_name(row, "en"), done.taken, done.holder,
+             ", who is being removed" if done.removed else "")
+    return Result("done", row, taken=done.taken, removed=done.removed)
 
 
 def _stop_renewal(app: App, row: sqlite3.Row) -> None:
