@@ -118,6 +118,11 @@ def ask_to_join(bot, user_id: int = 501, chat_id: int = CLUB_CHAT, lang: str | N
     feed(bot, join_request(user_id, chat_id, lang))
 
 
+def last_text(telegram, chat_id: int = 501) -> str:
+    """The text of the last message the bot sent to `chat_id`."""
+    return telegram.messages_to(chat_id)[-1]["text"]
+
+
 def buttons(sent: dict) -> list[dict]:
     """The inline buttons of a message the bot sent (the params of its sendMessage), row by row."""
     return [button for row in json.loads(sent["reply_markup"])["inline_keyboard"] for button in row]

@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fakes import FakeCryptoPay, FakeTelegram  # noqa: E402
 
 import config as config_module  # noqa: E402
+import db as db_module  # noqa: E402
 from cryptopay import signature  # noqa: E402
 from runtime import build_app  # noqa: E402
 from tg import RateLimiter, make_bot  # noqa: E402
@@ -297,3 +298,50 @@ def start_process(args: list[str], env: dict[str, str], cwd: Path) -> subprocess
     full_env = {"PATH": os.environ.get("PATH", ""), "PYTHONUNBUFFERED": "1", **env}
     return subprocess.Popen([sys.executable, *args], cwd=cwd, env=full_env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture
+def bot(app):
+    """The app's bot with ClubBot's handlers registered: fed updates, it answers as the bot does."""
+    from handlers import register_handlers
+
+    register_handlers(app.bot, app)
+    return app.bot
+
+
+@pytest.fixture
+def all_read_first(app, monkeypatch):
+    """Run calls on threads such that every one has read the invoice (before the write lock)
+    before any of them writes. Returns each call's result or exception, in order."""
+    entered: list[int] = []
+    transaction = db_module.Database.transaction
+
+    def counted(self):
+        entered.append(1)  # past the read, about to wait for the write lock
+        return transaction(self)
+
+    monkeypatch.setattr(db_module.Database, "transaction", counted)
+
+    def run(calls):
+        results: list = [None] * len(calls)
+
+        def one(i, call):
+            try:
+                results[i] = call()
+            except Exception as exc:
+                results[i] = exc
+
+        threads = [threading.Thread(target=one, args=(i, call)) for i, call in enumerate(calls)]
+        with app.db.write_lock:
+            for thread in threads:
+                thread.start()
+            deadline = time.monotonic() + 5
+            while len(entered) < len(calls):
+                assert time.monotonic() < deadline, f"only {len(entered)} of {len(calls)} read the invoice"
+                time.sleep(0.005)
+        for thread in threads:
+            thread.join(5)
+            assert not thread.is_alive()
+        return results
+
+    return run

@@ -28,12 +28,6 @@ from updates import MAX_QUEUED_PER_MEMBER, FairQueue, UpdatePoller
 from workers import Sweeper
 
 
-@pytest.fixture
-def bot(app):
-    register_handlers(app.bot, app)
-    return app.bot
-
-
 def outbox(app, kind):
     rows = app.db.connect().execute("SELECT status, count(*) FROM outbox WHERE kind = ? GROUP BY status",
                                     (kind,)).fetchall()

@@ -1,16 +1,8 @@
 """The member's side in Telegram: hand-built updates through the real handlers and the fake Bot API."""
-import pytest
 from builders import ask_to_join, buttons, command, press
 from conftest import ADMIN
 
-from handlers import register_handlers
 from outbox import Sender
-
-
-@pytest.fixture
-def bot(app):
-    register_handlers(app.bot, app)
-    return app.bot
 
 
 def last_message(telegram, chat_id=501) -> dict:

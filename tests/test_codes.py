@@ -7,8 +7,7 @@ import threading
 from decimal import Decimal
 
 import pytest
-import test_concurrent_payments
-from builders import buttons, command, paid, pending_invoice, press
+from builders import buttons, command, last_text, paid, pending_invoice, press
 from conftest import ADMIN, START
 from test_admin import run_cli
 
@@ -22,21 +21,10 @@ from payments import buy
 
 DAY = 86400
 INVALID = "This code does not work"
-all_read_first = test_concurrent_payments.all_read_first  # the fixture, shared
-
-
-@pytest.fixture
-def bot(app):
-    register_handlers(app.bot, app)
-    return app.bot
 
 
 def add(app, words: str) -> None:
     codes.add(app.db, app.config, words.split(), app.now(), "test")
-
-
-def last_text(telegram, chat_id=501) -> str:
-    return telegram.messages_to(chat_id)[-1]["text"]
 
 
 def plan_labels(telegram, chat_id=501) -> list[str]:

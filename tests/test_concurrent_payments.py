@@ -5,8 +5,6 @@ import threading
 import time
 from decimal import Decimal
 
-import pytest
-
 import db as db_module
 from cryptopay import Invoice
 from db import Outcome
@@ -28,44 +26,6 @@ def counts(database) -> tuple[int, int]:
     conn = database.connect()
     return (conn.execute("SELECT count(*) FROM audit WHERE action = 'payment_applied'").fetchone()[0],
             conn.execute("SELECT count(*) FROM outbox WHERE kind = 'activated'").fetchone()[0])
-
-
-@pytest.fixture
-def all_read_first(app, monkeypatch):
-    """Run calls on threads such that every one has read the invoice (before the write lock)
-    before any of them writes. Returns each call's result or exception, in order."""
-    entered: list[int] = []
-    transaction = db_module.Database.transaction
-
-    def counted(self):
-        entered.append(1)  # past the read, about to wait for the write lock
-        return transaction(self)
-
-    monkeypatch.setattr(db_module.Database, "transaction", counted)
-
-    def run(calls):
-        results: list = [None] * len(calls)
-
-        def one(i, call):
-            try:
-                results[i] = call()
-            except Exception as exc:
-                results[i] = exc
-
-        threads = [threading.Thread(target=one, args=(i, call)) for i, call in enumerate(calls)]
-        with app.db.write_lock:
-            for thread in threads:
-                thread.start()
-            deadline = time.monotonic() + 5
-            while len(entered) < len(calls):
-                assert time.monotonic() < deadline, f"only {len(entered)} of {len(calls)} read the invoice"
-                time.sleep(0.005)
-        for thread in threads:
-            thread.join(5)
-            assert not thread.is_alive()
-        return results
-
-    return run
 
 
 def test_one_invoice_delivered_by_many_threads_at_once_is_applied_once(app, all_read_first):

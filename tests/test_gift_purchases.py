@@ -8,8 +8,7 @@ import re
 
 import pytest
 import test_codes
-import test_concurrent_payments
-from builders import audit_rows, buttons, command, gift_links, member_with_time, press
+from builders import audit_rows, buttons, command, gift_links, last_text, member_with_time, press
 from conftest import ADMIN
 
 import admin
@@ -21,10 +20,7 @@ from outbox import Sender
 DAY = 86400
 MONTH = 30 * DAY
 LINK = re.compile(r"https://t\.me/club_test_bot\?start=g-([A-Za-z0-9]{43})(?![A-Za-z0-9_-])")
-all_read_first = test_concurrent_payments.all_read_first  # the fixtures and helpers, shared
-bot = test_codes.bot
 add = test_codes.add
-last_text = test_codes.last_text
 
 
 def gift_invoice(app, user_id: int = 501):

@@ -5,9 +5,7 @@ import io
 import re
 
 import pytest
-import test_codes
-import test_concurrent_payments
-from builders import audit_rows, command, gift_links
+from builders import audit_rows, command, gift_links, last_text
 from test_admin import run_cli
 
 import admin
@@ -18,9 +16,6 @@ DAY = 86400
 MONTH = 30 * DAY
 USED = "This gift link was already used."
 INVALID = "This gift link does not work"
-all_read_first = test_concurrent_payments.all_read_first  # the fixtures and helper, shared
-bot = test_codes.bot
-last_text = test_codes.last_text
 
 
 def make(app, count: int = 1, plan: str = "month") -> list[str]:

@@ -6,19 +6,12 @@ from builders import ask_to_join, audit_rows, buttons, command, member_with_time
 from conftest import ADMIN, CLUB_CHAT, START
 from test_sender import BAD_GATEWAY, FLOOD
 
-from handlers import register_handlers
 from outbox import Sender
 from runtime import build_app
 from workers import Sweeper
 
 DAY = 86400
 SECOND_CHAT = -1001000000002
-
-
-@pytest.fixture
-def bot(app):
-    register_handlers(app.bot, app)
-    return app.bot
 
 
 def settle(app, rounds=5):

@@ -6,8 +6,7 @@ import io
 import re
 
 import pytest
-import test_concurrent_payments
-from builders import audit_rows, command, gift_links, member_with_time, paid, paid_invoice, press
+from builders import audit_rows, command, gift_links, last_text, member_with_time, paid, paid_invoice, press
 from conftest import ADMIN
 from test_admin import run_cli
 
@@ -21,23 +20,11 @@ DAY = 86400
 BONUS = 7 * DAY
 MONTH = 30 * DAY
 INVALID = "This link does not work"
-all_read_first = test_concurrent_payments.all_read_first  # the fixture, shared
 
 
 @pytest.fixture
 def app(make_app):
-    application = make_app(REFERRAL_BONUS="7d")
-    register_handlers(application.bot, application)
-    return application
-
-
-@pytest.fixture
-def bot(app):
-    return app.bot
-
-
-def last_text(telegram, chat_id=501) -> str:
-    return telegram.messages_to(chat_id)[-1]["text"]
+    return make_app(REFERRAL_BONUS="7d")
 
 
 def link_of(bot, telegram, user_id: int) -> str:

@@ -27,16 +27,7 @@ class Killed(BaseException):
 
 @pytest.fixture
 def app(make_app):
-    from handlers import register_handlers
-
-    application = make_app(PLANS="month:30d:5:USDT,stars:30d:250:XTR", REFERRAL_BONUS="7d")
-    register_handlers(application.bot, application)
-    return application
-
-
-@pytest.fixture
-def bot(app):
-    return app.bot
+    return make_app(PLANS="month:30d:5:USDT,stars:30d:250:XTR", REFERRAL_BONUS="7d")
 
 
 def ask(bot, telegram, ref) -> dict:

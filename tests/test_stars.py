@@ -5,8 +5,7 @@ and the member cancels or resumes the renewal from /status."""
 import json
 
 import pytest
-import test_codes
-from builders import audit_rows, buttons, command, feed, member_with_time, press
+from builders import audit_rows, buttons, command, feed, last_text, member_with_time, press
 from fakes import pre_checkout_query, successful_payment_message
 
 import admin
@@ -28,9 +27,6 @@ def app(make_app, telegram, clock):
     telegram.now = clock.now  # Telegram's dates on the same clock as ours
     return make_app(PLANS=PLANS)
 
-
-bot = test_codes.bot  # the handlers registered on the app's bot
-last_text = test_codes.last_text
 
 
 def stars_invoice(app, user_id=501, plan="stars"):
