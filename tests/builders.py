@@ -12,10 +12,11 @@ import time
 from typing import TYPE_CHECKING
 
 from conftest import ADMIN, CLUB_CHAT, START
-from fakes import chat_member
+from fakes import chat_member, pre_checkout_query, successful_payment_message
 from telebot import types
 
 import gifts
+from config import STARS_PERIOD
 from cryptopay import parse_invoice
 from db import extend_subscription
 from payments import buy
@@ -181,3 +182,25 @@ def gift_links(app, plan: str = "month", count: int = 1) -> list[tuple[str, str]
     made_for, made = gifts.make(app.config, plan, count)
     gifts.store(app.db, made_for, made, app.now(), "test")
     return made
+
+
+# --- Telegram Stars ---
+
+def stars_invoice(app, user_id: int = 501, plan: str = "stars"):
+    """The member's pending invoice for a Stars plan."""
+    [row] = [r for r in app.db.member_invoices(user_id) if r["plan_id"] == plan and r["status"] == "pending"]
+    return row
+
+
+def stars_paid(bot, telegram, app, user_id: int = 501, plan: str = "stars", amount: int | None = None) -> dict:
+    """The member buys a Stars plan, Telegram asks pre-checkout (answered yes), and the payment
+    arrives as a successful_payment message: the payment's JSON."""
+    press(bot, f"plan:{plan}", user_id=user_id)
+    row = stars_invoice(app, user_id, plan)
+    feed(bot, {"pre_checkout_query": pre_checkout_query(user_id, row["payment_uuid"], int(row["amount"]))})
+    assert telegram.pre_checkout_answers[-1]["ok"] in (True, "true", "True")
+    period = STARS_PERIOD if app.config.plan(plan).renews else None
+    payment = telegram.star_payment(user_id, row["payment_uuid"], amount or int(row["amount"]),
+                                    subscription_period=period)
+    feed(bot, {"message": successful_payment_message(user_id, payment)})
+    return payment

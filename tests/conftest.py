@@ -114,10 +114,12 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def make_app(make_config, clock):
+def make_app(make_config, clock, telegram):
     """Build Apps on the test database with these settings (a restart with an edited .env is
-    one more call): a bot pointed at the fake Telegram, the budget on the movable clock."""
+    one more call): a bot pointed at the fake Telegram, the budget on the movable clock (and
+    the fake's dates of Stars payments on it too)."""
     made = []
+    telegram.now = clock.now
 
     def make(**overrides: str):
         cfg = make_config(**overrides)

@@ -9,9 +9,8 @@ import sys
 from decimal import Decimal
 
 import pytest
-from builders import buttons, command, feed, member_with_time, paid, pending_invoice, press
+from builders import buttons, command, member_with_time, paid, pending_invoice, press, stars_paid
 from conftest import ADMIN, ROOT, START
-from fakes import successful_payment_message
 from test_gift_purchases import apply, buy_gift
 
 from kinds import Kind
@@ -158,18 +157,8 @@ def test_a_refund_crypto_pay_does_not_answer_stays_to_run_again(bot, app, telegr
 
 # --- Telegram Stars ---
 
-def buy_stars(bot, app, telegram, user_id: int = 501) -> dict:
-    """The member buys the Stars plan (a subscription) and pays it: the payment Telegram reports."""
-    telegram.now = app.now
-    press(bot, "plan:stars", user_id=user_id)
-    row = [r for r in app.db.member_invoices(user_id) if r["currency_type"] == "stars"][0]
-    payment = telegram.star_payment(user_id, row["payment_uuid"], 250, subscription_period=MONTH)
-    feed(bot, {"message": successful_payment_message(user_id, payment)})
-    return payment
-
-
 def test_a_stars_refund_goes_back_by_telegram_and_cancels_the_renewal(bot, app, telegram, cryptopay):
-    charge = buy_stars(bot, app, telegram)["telegram_payment_charge_id"]
+    charge = stars_paid(bot, telegram, app)["telegram_payment_charge_id"]
     assert app.db.expires_at(501) == START + MONTH
     question = ask(bot, telegram, charge)
     assert question["text"].startswith(f"Refund 250 ⭐ to 501 for Stars payment {charge} (plan stars")
@@ -183,7 +172,7 @@ def test_a_stars_refund_goes_back_by_telegram_and_cancels_the_renewal(bot, app, 
 
 
 def test_a_stars_refund_killed_after_telegram_refunded_finishes_when_run_again(bot, app, telegram, monkeypatch):
-    charge = buy_stars(bot, app, telegram)["telegram_payment_charge_id"]
+    charge = stars_paid(bot, telegram, app)["telegram_payment_charge_id"]
     question = ask(bot, telegram, charge)
     die_once_before_finishing(app, monkeypatch)
     with pytest.raises(Killed):
@@ -297,7 +286,7 @@ def test_a_stars_refund_whose_renewal_cancel_telegram_refuses_still_lets_the_exp
     from workers import Sweeper
 
     member_with_time(app, 501, days=5)
-    buy_stars(bot, app, telegram)  # 5 + 30 days
+    stars_paid(bot, telegram, app)  # 5 + 30 days
     telegram.fail("editUserStarSubscription", (400, {"ok": False, "error_code": 400, "description": "Bad Request"}))
     charge = app.db.star_subscription(501)["charge_id"]
     assert confirm(bot, telegram, ask(bot, telegram, charge)).startswith("Refunded 250 ⭐")
@@ -380,7 +369,7 @@ def test_a_second_refund_takes_only_its_own_payments_time_after_the_first_moved_
 
 def test_when_telegram_refuses_to_cancel_the_renewal_the_members_own_cancel_still_asks_it(
         bot, app, telegram):
-    buy_stars(bot, app, telegram)
+    stars_paid(bot, telegram, app)
     charge = app.db.star_subscription(501)["charge_id"]
     telegram.fail("editUserStarSubscription", (400, {"ok": False, "error_code": 400, "description": "Bad Request"}))
     confirm(bot, telegram, ask(bot, telegram, charge))

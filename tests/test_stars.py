@@ -5,7 +5,17 @@ and the member cancels or resumes the renewal from /status."""
 import json
 
 import pytest
-from builders import audit_rows, buttons, command, feed, last_text, member_with_time, press
+from builders import (
+    audit_rows,
+    buttons,
+    command,
+    feed,
+    last_text,
+    paid,
+    press,
+    stars_invoice,
+    stars_paid,
+)
 from fakes import pre_checkout_query, successful_payment_message
 
 import admin
@@ -23,29 +33,9 @@ PLANS = "month:30d:5:USDT,stars:30d:250:XTR,week:7d:50:XTR:Week pass"
 
 
 @pytest.fixture
-def app(make_app, telegram, clock):
-    telegram.now = clock.now  # Telegram's dates on the same clock as ours
+def app(make_app):
     return make_app(PLANS=PLANS)
 
-
-
-def stars_invoice(app, user_id=501, plan="stars"):
-    [row] = [r for r in app.db.member_invoices(user_id) if r["plan_id"] == plan and r["status"] == "pending"]
-    return row
-
-
-def pay(bot, telegram, app, user_id=501, plan="stars", amount=None) -> dict:
-    """The member buys a Stars plan, Telegram asks pre-checkout (answered yes), and the payment
-    arrives as a successful_payment message: the payment's JSON."""
-    press(bot, f"plan:{plan}", user_id=user_id)
-    row = stars_invoice(app, user_id, plan)
-    feed(bot, {"pre_checkout_query": pre_checkout_query(user_id, row["payment_uuid"], int(row["amount"]))})
-    assert telegram.pre_checkout_answers[-1]["ok"] in (True, "true", "True")
-    period = MONTH if app.config.plan(plan).renews else None
-    payment = telegram.star_payment(user_id, row["payment_uuid"], amount or int(row["amount"]),
-                                    subscription_period=period)
-    feed(bot, {"message": successful_payment_message(user_id, payment)})
-    return payment
 
 
 def paid_rows(app, user_id=501) -> list:
@@ -120,7 +110,7 @@ def test_pre_checkout_takes_only_the_members_own_unpaid_invoice_at_todays_price(
 # --- payments ---
 
 def test_a_payment_gives_the_time_and_the_way_in_once_however_often_it_arrives(bot, app, telegram):
-    payment = pay(bot, telegram, app)
+    payment = stars_paid(bot, telegram, app)
     assert app.db.expires_at(501) == app.now() + MONTH
     message = {"message": successful_payment_message(501, payment)}
     feed(bot, message, message)  # Telegram delivers it again
@@ -136,7 +126,7 @@ def test_a_payment_gives_the_time_and_the_way_in_once_however_often_it_arrives(b
 
 
 def test_monthly_renewals_extend_from_the_current_expiry_and_record_the_next_date(bot, app, telegram, clock):
-    first = pay(bot, telegram, app)
+    first = stars_paid(bot, telegram, app)
     until = app.db.expires_at(501)
     clock.advance(MONTH - DAY)  # Telegram renews a little before, say
     renewal = telegram.renew(first["telegram_payment_charge_id"])
@@ -149,7 +139,7 @@ def test_monthly_renewals_extend_from_the_current_expiry_and_record_the_next_dat
 
 
 def test_a_renewal_missed_while_the_bot_was_down_is_caught_up_from_star_transactions(bot, app, telegram, clock):
-    first = pay(bot, telegram, app)
+    first = stars_paid(bot, telegram, app)
     until = app.db.expires_at(501)
     clock.advance(MONTH)
     telegram.renew(first["telegram_payment_charge_id"])  # its update was lost: the bot was down 2 days
@@ -173,7 +163,7 @@ def test_a_first_payment_never_seen_is_caught_up_too_and_a_kill_between_applies_
 
 
 def test_while_a_renewal_runs_no_second_subscription_is_sold_nor_reminders_sent(bot, app, telegram, clock):
-    pay(bot, telegram, app)
+    stars_paid(bot, telegram, app)
     press(bot, "plan:stars")
     assert last_text(telegram).startswith("Your membership already renews by itself")
     assert len(telegram.called("createInvoiceLink")) == 1
@@ -184,7 +174,7 @@ def test_while_a_renewal_runs_no_second_subscription_is_sold_nor_reminders_sent(
 
 
 def test_a_member_cancels_the_renewal_keeps_the_time_gets_reminders_and_is_removed_after(bot, app, telegram, clock):
-    first = pay(bot, telegram, app)
+    first = stars_paid(bot, telegram, app)
     charge = first["telegram_payment_charge_id"]
     command(bot, "/status")
     status = telegram.messages_to(501)[-1]
@@ -209,7 +199,7 @@ def test_a_member_cancels_the_renewal_keeps_the_time_gets_reminders_and_is_remov
 
 
 def test_resume_renews_again_and_telegram_refusing_the_change_changes_nothing(bot, app, telegram):
-    first = pay(bot, telegram, app)
+    first = stars_paid(bot, telegram, app)
     charge = first["telegram_payment_charge_id"]
     telegram.fail("editUserStarSubscription", (400, {"ok": False, "error_code": 400, "description": "Bad Request"}))
     press(bot, "renewal:cancel")
@@ -225,7 +215,7 @@ def test_resume_renews_again_and_telegram_refusing_the_change_changes_nothing(bo
 
 
 def test_an_automatic_renewal_that_comes_late_keeps_the_member_in_for_a_day(bot, app, telegram, clock):
-    first = pay(bot, telegram, app)
+    first = stars_paid(bot, telegram, app)
     clock.advance(MONTH + 3600)  # the time is up, the renewal has not come yet
     Sweeper(app).sweep_once()
     assert app.db.connect().execute("SELECT count(*) FROM outbox WHERE kind = 'expire'").fetchone()[0] == 0
@@ -243,9 +233,7 @@ def test_a_payment_for_an_unknown_invoice_gives_nothing(bot, app, telegram):
 
 
 def test_stars_revenue_is_kept_apart_in_stats_and_export(bot, app, telegram, cryptopay):
-    from builders import paid
-
-    pay(bot, telegram, app)
+    stars_paid(bot, telegram, app)
     paid(app, cryptopay, user_id=502)
     stats = admin.stats_text(app.db, app.now(), "en")
     assert "Revenue, 30 days: 5 USDT, 250 ⭐" in stats or "Revenue, 30 days: 250 ⭐, 5 USDT" in stats
@@ -261,29 +249,27 @@ def test_stars_revenue_is_kept_apart_in_stats_and_export(bot, app, telegram, cry
 def test_a_referred_members_first_stars_payment_earns_the_bonus_a_renewal_does_not(make_app, telegram, clock):
     app = make_app(PLANS=PLANS, REFERRAL_BONUS="7d")
     register_handlers(app.bot, app)
-    telegram.now = clock.now
     command(app.bot, "/status", user_id=601)
     ref = app.db.member(601)["ref"]
     command(app.bot, f"/start r-{ref}")
-    first = pay(app.bot, telegram, app)
+    first = stars_paid(app.bot, telegram, app)
     feed(app.bot, {"message": successful_payment_message(501, telegram.renew(first["telegram_payment_charge_id"]))})
     assert app.db.expires_at(601) == app.now() + 7 * DAY
 
 
-def test_a_payment_flood_never_drops_a_payment(app):
+def test_a_payment_flood_never_drops_a_payment():
     from updates import droppable
 
     message = successful_payment_message(501, {"currency": "XTR", "total_amount": 1, "invoice_payload": "x",
                                                "telegram_payment_charge_id": "c", "provider_payment_charge_id": ""})
     assert not droppable({"message": message}, frozenset())
     assert not droppable({"pre_checkout_query": pre_checkout_query(501, "x", 1)}, frozenset())
-    member_with_time(app, 501)  # (the fixture's app is used: the handlers above are registered)
 
 
 def test_paysupport_answers_the_member_and_tells_the_admins_once_a_minute(bot, app, telegram):
     from conftest import ADMIN
 
-    payment = pay(bot, telegram, app)
+    payment = stars_paid(bot, telegram, app)
     for _ in range(5):  # a member who floods it
         command(bot, "/paysupport")
     assert last_text(telegram).startswith("The club's admins have been told")
@@ -338,7 +324,7 @@ def test_an_invoice_past_its_time_is_refused_even_before_the_sweep_marks_it(bot,
 
 
 def test_a_renewal_charged_before_the_member_cancelled_but_applied_after_leaves_it_cancelled(bot, app, telegram):
-    first = pay(bot, telegram, app)
+    first = stars_paid(bot, telegram, app)
     renewal = telegram.renew(first["telegram_payment_charge_id"])  # charged; its update not handled yet
     press(bot, "renewal:cancel")
     feed(bot, {"message": successful_payment_message(501, renewal)})  # handled now
