@@ -158,8 +158,12 @@ def paid_invoice(app, cryptopay, user_id: int = 501, plan: str = "month", lang: 
 
 def paid(app, cryptopay, user_id: int = 501, plan: str = "month", lang: str = "en", **paid_as) -> ApplyResult:
     """...and its webhook is applied, as the webhook server applies it: the result."""
-    invoice = parse_invoice(paid_invoice(app, cryptopay, user_id, plan, lang, **paid_as))
-    return app.db.apply_invoice(invoice, "webhook", app.now(), app.config.admin_ids, app.config.referral_bonus)
+    return apply(app, parse_invoice(paid_invoice(app, cryptopay, user_id, plan, lang, **paid_as)))
+
+
+def apply(app, invoice, cause: str = "webhook") -> ApplyResult:
+    """A paid invoice applied as the webhook server (or poller, button: `cause`) applies it."""
+    return app.db.apply_invoice(invoice, cause, app.now(), app.config.admin_ids, app.config.referral_bonus)
 
 
 def member_with_time(app, user_id: int = 501, days: int = 30, lang: str = "en") -> int:

@@ -8,7 +8,7 @@ import re
 
 import pytest
 import test_codes
-from builders import audit_rows, buttons, command, gift_links, last_text, member_with_time, press
+from builders import apply, audit_rows, buttons, command, gift_links, last_text, member_with_time, press
 from conftest import ADMIN
 
 import admin
@@ -33,10 +33,6 @@ def buy_gift(bot, app, cryptopay, user_id: int = 501, plan: str = "month"):
     press(bot, "gifts", user_id=user_id)
     press(bot, f"gift:{plan}", user_id=user_id)
     return parse_invoice(cryptopay.pay(gift_invoice(app, user_id)["invoice_id"]))
-
-
-def apply(app, invoice, cause: str = "webhook"):
-    return app.db.apply_invoice(invoice, cause, app.now(), app.config.admin_ids, app.config.referral_bonus)
 
 
 def the_link(telegram, user_id: int = 501) -> str:

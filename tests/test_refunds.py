@@ -9,9 +9,9 @@ import sys
 from decimal import Decimal
 
 import pytest
-from builders import buttons, command, member_with_time, paid, pending_invoice, press, stars_paid
+from builders import apply, buttons, command, member_with_time, paid, pending_invoice, press, stars_paid
 from conftest import ADMIN, ROOT, START
-from test_gift_purchases import apply, buy_gift
+from test_gift_purchases import buy_gift
 
 from kinds import Kind
 from outbox import Sender
