@@ -7,21 +7,23 @@ import pytest
 
 import db
 
-SCHEMA = Path(db.SCHEMA_PATH).read_text(encoding="utf-8")
+SCHEMA_PATH = db.SCHEMA_PATH
+SCHEMA = Path(SCHEMA_PATH).read_text(encoding="utf-8")
 
 
-def database_at(path, version: int) -> db.Database:
-    """A database brought to `version` only, as that release left it."""
-    database = db.Database(path)
-    conn = database.connect()
-    conn.execute("PRAGMA journal_mode = WAL")
-    for number, sql in db.load_migrations(SCHEMA):
-        if number > version:
-            break
-        with database.transaction() as tx:
-            for statement in db._statements(sql):
-                tx.execute(statement)
-            tx.execute(f"PRAGMA user_version = {number}")
+def schema_file(tmp_path, text: str, monkeypatch) -> None:
+    """Migrations read from `text` rather than the shipped schema.sql."""
+    path = tmp_path / "schema.sql"
+    path.write_text(text, encoding="utf-8")
+    monkeypatch.setattr(db, "SCHEMA_PATH", path)
+
+
+def database_at(tmp_path, version: int, monkeypatch) -> db.Database:
+    """A database brought to `version` only, as that release left it (by the real migrate())."""
+    schema_file(tmp_path, SCHEMA[:SCHEMA.index(f"-- version: {version + 1}\n")], monkeypatch)
+    database = db.Database(tmp_path / "clubbot.db")
+    assert database.migrate() == version
+    monkeypatch.setattr(db, "SCHEMA_PATH", Path(SCHEMA_PATH))
     return database
 
 
@@ -43,8 +45,8 @@ def fill(database: db.Database) -> None:
                    "VALUES (1, 2, 1, 604800, 60)")
 
 
-def test_an_v8_database_with_rows_that_name_its_invoices_upgrades_whole(tmp_path):
-    database = database_at(tmp_path / "clubbot.db", 8)
+def test_an_v8_database_with_rows_that_name_its_invoices_upgrades_whole(tmp_path, monkeypatch):
+    database = database_at(tmp_path, 8, monkeypatch)
     fill(database)
     assert database.migrate() == max(number for number, _ in db.load_migrations(SCHEMA))
     conn = database.connect()
@@ -64,11 +66,10 @@ def test_an_v8_database_with_rows_that_name_its_invoices_upgrades_whole(tmp_path
 
 
 def test_a_migration_that_would_break_a_reference_changes_nothing(tmp_path, monkeypatch):
-    database = database_at(tmp_path / "clubbot.db", 8)
+    database = database_at(tmp_path, 8, monkeypatch)
     fill(database)
     latest = max(number for number, _ in db.load_migrations(SCHEMA))
-    broken = SCHEMA + f"\n-- version: {latest + 1}\nDELETE FROM invoices;\n"
-    monkeypatch.setattr(Path, "read_text", lambda self, encoding=None: broken)
+    schema_file(tmp_path, SCHEMA + f"\n-- version: {latest + 1}\nDELETE FROM invoices;\n", monkeypatch)
     with pytest.raises(RuntimeError, match=f"schema version {latest + 1}: 3 rows would name rows that do not exist"):
         database.migrate()
     conn = database.connect()
