@@ -268,16 +268,21 @@ def check_rights(app: App, now: int) -> None:
         return
     for chat_id in app.club_chats():
         missing = _rights_missing(app, chat_id, bot_id)
-        if missing is None:
-            continue
-        if app.db.alert_state(f"rights:{chat_id}", bool(missing), now, app.config.admin_ids, Kind.ADMIN_RIGHTS,
-                              {"chat_id": chat_id, "missing": missing}):
-            if missing:
-                log.error("the bot lost its rights in chat %s: %s", chat_id, ", ".join(missing))
-            else:
-                log.info("the bot's rights in chat %s are back; missed removals follow", chat_id)
-                app.db.retry_removals_now(now)
-            app.wake_sender()
+        if missing is not None:
+            report_rights(app, chat_id, missing, now)
+
+
+def report_rights(app: App, chat_id: int, missing: list[str], now: int) -> None:
+    """What the bot lacks in a club chat, as found now: admins alerted once when rights go, once
+    when they come back (and the removals missed meanwhile are retried)."""
+    if app.db.alert_state(f"rights:{chat_id}", bool(missing), now, app.config.admin_ids, Kind.ADMIN_RIGHTS,
+                          {"chat_id": chat_id, "missing": missing}):
+        if missing:
+            log.error("the bot lost its rights in chat %s: %s", chat_id, ", ".join(missing))
+        else:
+            log.info("the bot's rights in chat %s are back; missed removals follow", chat_id)
+            app.db.retry_removals_now(now)
+        app.wake_sender()
 
 
 def _rights_missing(app: App, chat_id: int, bot_id: int) -> list[str] | None:

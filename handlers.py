@@ -17,7 +17,7 @@ import gifts
 import refunds
 import stars
 import texts
-from access import check_rights, missing_rights
+from access import missing_rights, report_rights
 from cryptopay import CryptoPayError
 from db import PRIORITY_NOW
 from kinds import Kind
@@ -612,15 +612,15 @@ def on_chat_migrated(app: App, message: types.Message) -> None:
 
 
 def on_my_chat_member(app: App, update: types.ChatMemberUpdated) -> None:
-    """The bot's own status in a chat changed. In a club chat, its rights are checked now (the
-    admins hear of what is missing, as from the sweep); added elsewhere by an admin, the admins
+    """The bot's own status in a chat changed. In a club chat, its rights are read from the update
+    (the admins hear of what is missing, as from the sweep); added elsewhere by an admin, the admins
     are told the chat's id and title and what is missing, so that adding a chat needs no wizard.
     Anyone else adding the bot to their group is only logged."""
     chat, new = update.chat, update.new_chat_member
     if chat.type == "private":
         return  # a member blocked or unblocked the bot
-    if chat.id in app.club_chats():
-        check_rights(app, app.now())
+    if chat.id in app.club_chats():  # the update says what the bot now has there: no need to ask
+        report_rights(app, chat.id, missing_rights(new, chat.type), app.now())
         return
     if new.status not in ("administrator", "member", "creator", "restricted"):
         return  # left or removed from a chat that is not the club's

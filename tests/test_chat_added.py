@@ -52,6 +52,7 @@ def test_the_bot_losing_a_right_in_a_club_chat_is_checked_at_once(app, telegram)
     feed(app.bot, bot_status(CLUB_CHAT, "Club", status="member", by=4242))
     [text] = sent_to_admin(app, telegram)
     assert "lost its rights" in text
+    assert telegram.called("getChatMember") == []  # the update said so: nothing to ask
 
 
 def test_added_then_given_the_missing_right_in_the_same_second_tells_both(app, telegram):
