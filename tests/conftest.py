@@ -296,9 +296,10 @@ def post_signed(url: str, body: bytes, token: str = PAY_TOKEN, **kwargs) -> requ
 
 
 def start_process(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen:
-    """Start `python <args>` from the project root with exactly this environment (plus PATH)."""
+    """Start `python <args>` from the project root with exactly this environment (plus PATH),
+    and no terminal: nothing to read on stdin, as under systemd or in CI."""
     full_env = {"PATH": os.environ.get("PATH", ""), "PYTHONUNBUFFERED": "1", **env}
-    return subprocess.Popen([sys.executable, *args], cwd=cwd, env=full_env,
+    return subprocess.Popen([sys.executable, *args], cwd=cwd, env=full_env, stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -2,15 +2,13 @@
 button; `clubbot.py refund` asks on the terminal. The money goes back the way it came (a Crypto
 Pay transfer, or refundStarPayment), once, however often it is run or wherever it was killed;
 then the time the payment bought is taken back, from whoever has it."""
-import os
 import re
-import subprocess
-import sys
 from decimal import Decimal
 
 import pytest
 from builders import apply, buttons, command, member_with_time, paid, pending_invoice, press, stars_paid
-from conftest import ADMIN, ROOT, START
+from conftest import ADMIN, START
+from test_admin import run_cli
 from test_gift_purchases import buy_gift
 
 from kinds import Kind
@@ -252,10 +250,7 @@ def test_user_shows_each_payments_reference_and_refund_names_what_is_wrong(bot, 
 
 def refund_cli(env, tmp_path, *args):
     """`python clubbot.py refund ...` with no terminal."""
-    done = subprocess.run([sys.executable, str(ROOT / "clubbot.py"), "refund", *args], cwd=tmp_path,
-                          env={"PATH": os.environ.get("PATH", ""), **env}, stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True, timeout=60)
-    return done.returncode, done.stdout, done.stderr
+    return run_cli(env, tmp_path, "refund", *args)
 
 
 def test_the_command_line_refunds_with_yes_and_refuses_what_it_should(app, env, tmp_path, cryptopay):
